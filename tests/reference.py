@@ -1,0 +1,126 @@
+"""Independent reference models (diffusers / transformers) built from our configs, for parity tests.
+
+Two behaviours of the original AnimateDiff differ from diffusers and are patched into the reference
+here, so the reference computes what the original code computes:
+- the motion module's GroupNorm normalises each frame (diffusers pools over the frames);
+- with v1 modules (`use_inflated_groupnorm: false`) the ResNet norms and `conv_norm_out` pool over frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from animatediff.config import MotionConfig, UNetConfig, VAEConfig
+
+
+def diffusers_unet2d_config(cfg: UNetConfig) -> dict:
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels)]
+    return dict(
+        sample_size=64,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.num_heads,  # diffusers' SD1.x quirk: this is the number of heads
+        norm_num_groups=cfg.norm_num_groups,
+        norm_eps=cfg.norm_eps,
+        use_linear_projection=cfg.use_linear_projection,
+        flip_sin_to_cos=cfg.flip_sin_to_cos,
+        freq_shift=cfg.freq_shift,
+    )
+
+
+def diffusers_unet2d(cfg: UNetConfig):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**diffusers_unet2d_config(cfg)).eval()
+
+
+def diffusers_motion_adapter(cfg: UNetConfig, motion: MotionConfig):
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(
+        block_out_channels=cfg.block_out_channels,
+        motion_layers_per_block=cfg.layers_per_block,
+        motion_num_attention_heads=motion.num_heads,
+        motion_norm_num_groups=motion.norm_num_groups,
+        motion_max_seq_length=motion.max_frames,
+        use_motion_mid_block=motion.mid_block,
+    ).eval()
+
+
+class PerFrameGroupNorm(nn.Module):
+    """The original motion module's norm: each frame of [b, c, f, h, w] normalised on its own."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        f = x.shape[2]
+        return rearrange(self.norm(rearrange(x, "b c f h w -> (b f) c h w")), "(b f) c h w -> b c f h w", f=f)
+
+
+class PooledGroupNorm(nn.Module):
+    """The v1 UNet's ResNet norms: statistics pooled over the frames of folded [(b f), c, h, w]."""
+
+    def __init__(self, norm: nn.GroupNorm, frames: int):
+        super().__init__()
+        self.norm, self.frames = norm, frames
+
+    def forward(self, x):
+        y = self.norm(rearrange(x, "(b f) c h w -> b c f h w", f=self.frames))
+        return rearrange(y, "b c f h w -> (b f) c h w")
+
+
+def make_original(ref_motion_unet, motion: MotionConfig, frames: int) -> None:
+    """Patch a diffusers UNetMotionModel (weights already loaded) to compute what the original computes."""
+    for name, module in list(ref_motion_unet.named_modules()):
+        if name.endswith("motion_modules") or ".motion_modules." in name:
+            if hasattr(module, "norm") and isinstance(module.norm, nn.GroupNorm) and hasattr(module, "proj_in"):
+                module.norm = PerFrameGroupNorm(module.norm)
+    if motion.pools_norm_over_frames:
+        for module in ref_motion_unet.modules():
+            if type(module).__name__ == "ResnetBlock2D":
+                module.norm1 = PooledGroupNorm(module.norm1, frames)
+                module.norm2 = PooledGroupNorm(module.norm2, frames)
+        ref_motion_unet.conv_norm_out = PooledGroupNorm(ref_motion_unet.conv_norm_out, frames)
+
+
+def diffusers_motion_unet(cfg: UNetConfig, motion: MotionConfig, seed: int = 0):
+    """A random-weight diffusers UNetMotionModel (weights not yet patched)."""
+    from diffusers import UNetMotionModel
+
+    torch.manual_seed(seed)
+    unet2d = diffusers_unet2d(cfg)
+    adapter = diffusers_motion_adapter(cfg, motion)
+    model = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    # Motion modules start with zero proj_out: give them weights so the test can see them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".motion_modules." in name and "proj_out" in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+def diffusers_vae(cfg: VAEConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        scaling_factor=cfg.scaling_factor,
+    ).eval()
