@@ -93,20 +93,36 @@ def make_original(ref_motion_unet, motion: MotionConfig, frames: int) -> None:
         ref_motion_unet.conv_norm_out = PooledGroupNorm(ref_motion_unet.conv_norm_out, frames)
 
 
+@torch.no_grad()
+def random_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill a model built on the meta device with random weights of sensible scale (fast at full size).
+
+    Every parameter is random, including the zero-initialised motion-module outputs, so a test sees
+    every layer. Sinusoidal position tables are rebuilt by diffusers' own class.
+    """
+    model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            p.normal_(0, p[0].numel() ** -0.5, generator=g)
+        elif name.endswith("weight"):
+            p.normal_(1, 0.1, generator=g)
+        else:
+            p.normal_(0, 0.05, generator=g)
+    for module in model.modules():
+        if type(module).__name__ == "SinusoidalPositionalEmbedding":
+            dim, length = module.pe.shape[2], module.pe.shape[1]
+            module.pe.copy_(type(module)(dim, length).pe)
+    return model.eval()
+
+
 def diffusers_motion_unet(cfg: UNetConfig, motion: MotionConfig, seed: int = 0):
-    """A random-weight diffusers UNetMotionModel (weights not yet patched)."""
+    """A random-weight diffusers UNetMotionModel (not yet patched to the original's norms)."""
     from diffusers import UNetMotionModel
 
-    torch.manual_seed(seed)
-    unet2d = diffusers_unet2d(cfg)
-    adapter = diffusers_motion_adapter(cfg, motion)
-    model = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
-    # Motion modules start with zero proj_out: give them weights so the test can see them.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".motion_modules." in name and "proj_out" in name:
-                p.normal_(0, 0.02)
-    return model
+    with torch.device("meta"):
+        model = UNetMotionModel.from_unet2d(diffusers_unet2d(cfg), diffusers_motion_adapter(cfg, motion))
+    return random_weights_(model, seed)
 
 
 def diffusers_vae(cfg: VAEConfig):

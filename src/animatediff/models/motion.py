@@ -101,7 +101,8 @@ class TemporalTransformer(nn.Module):
         for block in self.transformer_blocks:
             seq = block(seq)
         seq = self.proj_out(seq)
-        return rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w) + x
+        # Residual first: the sum takes x's memory layout, not the permuted one of `seq`.
+        return x + rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w)
 
 
 class MotionModule(nn.Module):

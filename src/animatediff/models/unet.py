@@ -84,7 +84,7 @@ class UNet3D(nn.Module):
         down_residuals: list[torch.Tensor] | None = None,
         mid_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, _, frames, h, w = sample.shape
+        b, _, frames = sample.shape[:3]
         if self.motion_config is not None and frames > self.motion_config.max_frames:
             raise ValueError(
                 f"{frames} frames exceed the motion module's {self.motion_config.max_frames} "
@@ -93,9 +93,9 @@ class UNet3D(nn.Module):
         dtype = self.conv_in.weight.dtype
         t = torch.as_tensor(timestep, device=sample.device)
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
-        temb = self.time_embedding(
-            timestep_embedding(t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift).to(dtype)
-        )
+        cfg = self.config
+        features = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = self.time_embedding(features.to(dtype))
         pool = frames if self.motion_config is not None and self.motion_config.pools_norm_over_frames else 1
         s = StepContext(
             temb=temb.repeat_interleave(frames, dim=0),
