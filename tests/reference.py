@@ -8,11 +8,16 @@ here, so the reference computes what the original code computes:
 
 from __future__ import annotations
 
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+
 import torch
 from einops import rearrange
 from torch import nn
 
-from animatediff.config import MotionConfig, UNetConfig, VAEConfig
+from animatediff.config import MotionConfig, TextConfig, UNetConfig, VAEConfig
 
 
 def diffusers_unet2d_config(cfg: UNetConfig) -> dict:
@@ -82,9 +87,9 @@ class PooledGroupNorm(nn.Module):
 def make_original(ref_motion_unet, motion: MotionConfig, frames: int) -> None:
     """Patch a diffusers UNetMotionModel (weights already loaded) to compute what the original computes."""
     for name, module in list(ref_motion_unet.named_modules()):
-        if name.endswith("motion_modules") or ".motion_modules." in name:
-            if hasattr(module, "norm") and isinstance(module.norm, nn.GroupNorm) and hasattr(module, "proj_in"):
-                module.norm = PerFrameGroupNorm(module.norm)
+        in_motion = ".motion_modules." in name
+        if in_motion and isinstance(getattr(module, "norm", None), nn.GroupNorm) and hasattr(module, "proj_in"):
+            module.norm = PerFrameGroupNorm(module.norm)
     if motion.pools_norm_over_frames:
         for module in ref_motion_unet.modules():
             if type(module).__name__ == "ResnetBlock2D":
@@ -140,3 +145,52 @@ def diffusers_vae(cfg: VAEConfig):
         norm_num_groups=cfg.norm_num_groups,
         scaling_factor=cfg.scaling_factor,
     ).eval()
+
+
+def transformers_clip(cfg: TextConfig):
+    """transformers' model at `cfg` with every parameter randomised at a scale where each sub-layer
+    moves the residual stream (the default init leaves biases at 0 and norms at 1, hiding mix-ups)."""
+    import transformers
+
+    ref_cfg = transformers.CLIPTextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act=cfg.hidden_act,
+        eos_token_id=cfg.eos_token_id,
+        attn_implementation="eager",
+    )
+    ref = transformers.CLIPTextModel(ref_cfg).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias") or "embedding" in name:
+                p.normal_(0.0, 0.1 if name.endswith("bias") else 1.0)
+            else:
+                p.normal_(0.0, p.shape[1] ** -0.5)
+    return ref
+
+
+def write_clip_vocab(path: Path) -> Path:
+    """vocab.json / merges.txt derived from the shipped .gz as OpenAI's simple_tokenizer.py does."""
+    data = resources.files("animatediff.assets").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    merges = gzip.decompress(data).decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = [chr(c) for c in cs]
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (path / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return path

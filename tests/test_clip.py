@@ -9,35 +9,9 @@ import transformers
 from animatediff.config import TextConfig
 from animatediff.models.clip import CLIPTextModel
 from conftest import TINY_TEXT
+from reference import transformers_clip as reference
 
 REAL_TEXT = TextConfig.from_name("clip-vit-large-patch14")
-
-
-def reference(cfg: TextConfig) -> transformers.CLIPTextModel:
-    """transformers' model at `cfg` with every parameter randomised at a scale where each sub-layer
-    moves the residual stream (the default init leaves biases at 0 and norms at 1, hiding mix-ups)."""
-    ref_cfg = transformers.CLIPTextConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_positions,
-        layer_norm_eps=cfg.layer_norm_eps,
-        hidden_act=cfg.hidden_act,
-        eos_token_id=cfg.eos_token_id,
-        attn_implementation="eager",
-    )
-    ref = transformers.CLIPTextModel(ref_cfg).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
-            elif name.endswith("bias") or "embedding" in name:
-                p.normal_(0.0, 0.1 if name.endswith("bias") else 1.0)
-            else:
-                p.normal_(0.0, p.shape[1] ** -0.5)
-    return ref
 
 
 def ours_from(ref: transformers.CLIPTextModel, cfg: TextConfig) -> CLIPTextModel:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
-from importlib import resources
 
 import pytest
 import torch
 from transformers import CLIPTokenizer as RefTokenizer
 
 from animatediff.models.tokenizer import CLIPTokenizer, load_tokenizer
+from reference import write_clip_vocab
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
@@ -35,24 +33,7 @@ LONG = ", ".join(f"detailed word{i} (thing:1.{i % 10})" for i in range(40))  # ~
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory) -> RefTokenizer:
-    """transformers' tokenizer from vocab.json/merges.txt derived as OpenAI's simple_tokenizer.py does."""
-    path = tmp_path_factory.mktemp("clip_tokenizer")
-    data = resources.files("animatediff.assets").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
-    merges = gzip.decompress(data).decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    vocab = [chr(c) for c in cs]
-    vocab += [v + "</w>" for v in vocab]
-    vocab += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (path / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}), encoding="utf-8")
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return RefTokenizer.from_pretrained(path)
+    return RefTokenizer.from_pretrained(write_clip_vocab(tmp_path_factory.mktemp("clip_tokenizer")))
 
 
 def ref_ids(ref: RefTokenizer, prompts: list[str]) -> torch.Tensor:

@@ -32,7 +32,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("controlnet", "ldm", "ControlNet", (r"^(control_model\.)?input_hint_block\.",),
          unsupported="ControlNet models are not supported yet"),
     Kind("sd15", "ldm", "Stable Diffusion 1.x model (single file)",
-         (r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$", r"^model\.diffusion_model\.out\.2\.weight$")),
+         (r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$",)),
     Kind("motion_lora", "animatediff", "MotionLoRA",
          (r"motion_modules\.\d+\.", r"processor\.to_[qkv]_lora\.(down|up)\.weight$")),
     Kind("domain_adapter", "animatediff", "v3 domain adapter (image LoRA)",

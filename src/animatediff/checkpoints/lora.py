@@ -192,10 +192,26 @@ class LoraSet:
             if not active:
                 param.copy_(base)
                 continue
-            merged = base.to(param.device, torch.float32)
+            merged = base.to(param.device, torch.float32, copy=True)  # never add into the kept original
             for w, s in active:
                 merged += s * w.delta(torch.float32, param.device).reshape(merged.shape)
             param.copy_(merged.to(param.dtype))
         # Layers no LoRA touches any more are back to W0: forget their copies.
         for module in [m for m in self.originals if m not in deltas]:
             del self.originals[module]
+
+
+LORA_KINDS = ("lora", "motion_lora", "domain_adapter")
+
+
+def load_lora(path, models: dict[str, nn.Module]) -> tuple[LoraFile, str]:
+    """Identify a LoRA-like file and resolve it against `models`; returns it and its kind."""
+    from .ldm_sd15 import unet_table
+    from .loading import load
+
+    loaded = load(path)
+    if loaded.kind not in LORA_KINDS:
+        raise CheckpointError(path, f"this is a {loaded.label}, not a LoRA")
+    unet = models.get("unet")
+    ldm_table = unet_table(unet.config) if unet is not None else None
+    return read_lora(loaded.file, loaded.format, models, ldm_table), loaded.kind
