@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 
 class _Presets:
-    """Mixin-free helper: each config class keeps a dict of named presets."""
+    """Shared by the config classes: a dict of named presets and plain-dict conversion."""
 
     PRESETS: ClassVar[dict[str, object]]
 
@@ -118,8 +118,18 @@ class TextConfig(_Presets):
     eos_token_id: int = 49407
 
 
+# The embedded toy family (issue: the toy world): the same classes at a size a CPU runs in seconds.
+TOY_UNET = UNetConfig(
+    block_out_channels=(64, 128, 128), attention_levels=(False, True, True), num_heads=(4, 4, 4),
+    cross_attention_dim=128, norm_num_groups=16,
+)  # fmt: skip
+TOY_MOTION = MotionConfig(version="v2", num_heads=4, max_frames=32, mid_block=True, norm_num_groups=16)
+TOY_VAE = VAEConfig(block_out_channels=(32, 64, 64), norm_num_groups=16, scaling_factor=1.0)
+TOY_TEXT = TextConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4)
+
 UNetConfig.PRESETS = {
     "sd15": UNetConfig(),
+    "toy": TOY_UNET,
 }
 
 MotionConfig.PRESETS = {
@@ -128,14 +138,17 @@ MotionConfig.PRESETS = {
     "mm_sd_v15": MotionConfig(version="v1", max_frames=24, mid_block=False, inflated_groupnorm=False),
     "mm_sd_v15_v2": MotionConfig(version="v2", max_frames=32, mid_block=True, inflated_groupnorm=True),
     "v3_sd15_mm": MotionConfig(version="v3", max_frames=32, mid_block=False, inflated_groupnorm=True),
+    "toy": TOY_MOTION,
 }
 
 VAEConfig.PRESETS = {
     "sd-vae-ft-mse": VAEConfig(),
+    "toy": TOY_VAE,
 }
 
 TextConfig.PRESETS = {
     "clip-vit-large-patch14": TextConfig(),
+    "toy": TOY_TEXT,
 }
 
 #: The preset used when a motion version is known but nothing else is.

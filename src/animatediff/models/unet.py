@@ -67,6 +67,9 @@ class UNet3D(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.add_motion_modules(cfg)
 
+    def motion_module_list(self) -> list[nn.Module]:
+        return [m for block in [*self.down_blocks, self.mid_block, *self.up_blocks] for m in block.motion_modules]
+
     def motion_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if ".motion_modules." in n}
 
