@@ -193,4 +193,5 @@ def write_clip_vocab(path: Path) -> Path:
     vocab += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     (path / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}), encoding="utf-8")
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
     return path

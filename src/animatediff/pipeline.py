@@ -214,8 +214,10 @@ class AnimateDiff:
         vae_tile: int | None = None,
         progress: bool = True,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    ) -> Video | list[Video]:
-        """Generate one video per prompt (or per seed). Returns a Video, or a list for a batch."""
+        output: str = "video",
+    ) -> Video | list[Video] | torch.Tensor:
+        """Generate one video per prompt (or per seed). Returns a Video, or a list for a batch;
+        `output="latents"` returns the final latents [B, 4, F, h, w] instead (before the VAE)."""
         single = isinstance(prompt, str) and (seed is None or isinstance(seed, int)) and prompt_embeds is None
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = self._seeds(seed, len(prompts) if prompt_embeds is None else prompt_embeds.shape[0])
@@ -254,6 +256,8 @@ class AnimateDiff:
             x = run_sampler(sampler, denoise, x, schedule, fresh_noise, eta=eta, callback=step)
             x = x / (schedule.sigmas[-1].item() ** 2 + 1) ** 0.5
         bar.close()
+        if output == "latents":
+            return x
 
         videos = []
         for b in range(batch):
