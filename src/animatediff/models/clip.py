@@ -24,11 +24,19 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
 
 
+def embedding(n: int, dim: int) -> nn.Embedding:
+    """nn.Embedding with CLIP's init, skipped on the meta device (where a random init is a slow no-op)."""
+    weight = torch.empty(n, dim)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight, std=0.02)
+    return nn.Embedding(n, dim, _weight=weight)
+
+
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.token_embedding = embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = embedding(cfg.max_positions, cfg.hidden_size)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         length, max_positions = ids.shape[1], self.position_embedding.num_embeddings

@@ -42,8 +42,10 @@ class PositionalEncoding(nn.Module):
     def __init__(self, dim: int, max_frames: int):
         super().__init__()
         # Persistent so that files we write carry `pos_encoder.pe` like the released ones (ComfyUI reads
-        # the maximum frame count from it); loaders accept files without it.
-        self.register_buffer("pe", sinusoidal_table(max_frames, dim))
+        # the maximum frame count from it); loaders accept files without it. On the meta device the
+        # table is left empty (computing it there is slow): loading fills it.
+        pe = torch.empty(1, max_frames, dim)
+        self.register_buffer("pe", pe if pe.is_meta else sinusoidal_table(max_frames, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[1]
