@@ -468,3 +468,19 @@ def test_text_encoder_config_from_real_sized_shapes(tmp_path):
 
     probe = Shapes({f"p.{k}": v for k, v in model.state_dict().items()})
     assert text_config(probe, "p.") == TextConfig.from_name("clip-vit-large-patch14")
+
+
+def test_our_diffusers_layout_motion_export_loads_in_diffusers(tmp_path):
+    from diffusers import MotionAdapter
+
+    unet = tiny_motion_unet("mm_sd_v15_v2")
+    save_motion_module(tmp_path / "adapter.safetensors", unet, layout="diffusers")
+    adapter = MotionAdapter(
+        block_out_channels=TINY_UNET.block_out_channels, motion_layers_per_block=2, motion_num_attention_heads=2,
+        motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=True,
+    )  # fmt: skip
+    adapter.load_state_dict(safetensors.torch.load_file(tmp_path / "adapter.safetensors"), strict=True)
+    loaded = load(tmp_path / "adapter.safetensors")
+    assert (loaded.format, loaded.version, loaded.unused) == ("diffusers", "v2", [])
+    got = loaded.components["motion_module"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in unet.motion_state_dict().items())

@@ -219,3 +219,18 @@ def test_lora_for_another_model_is_refused(tmp_path):
     save_file({"x.weight": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError):
         load_lora(tmp_path / "other.safetensors", {"unet": unet})
+
+
+def test_our_kohya_export_loads_in_diffusers(tmp_path, reference_pipe):
+    """A LoRA we write (e.g. from our trainer) is read by diffusers with the same merged weights."""
+    pipe = copy.deepcopy(reference_pipe)
+    unet, text = ours_like(pipe)
+    save_file(make_lora(unet, text, "kohya"), tmp_path / "in.safetensors")
+    lora, _ = load_lora(tmp_path / "in.safetensors", {"unet": unet, "text_encoder": text})
+    save_lora(tmp_path / "ours.safetensors", lora.weights, "kohya")
+    pipe.load_lora_weights(str(tmp_path / "ours.safetensors"))
+    pipe.fuse_lora(lora_scale=1.0)
+    pipe.unload_lora_weights()
+    LoraSet(unet).add("x", [w for w in lora.weights if w.component == "unet"], 1.0)
+    ref_state = pipe.unet.state_dict()
+    assert all(torch.allclose(v, ref_state[k], atol=1e-6, rtol=1e-5) for k, v in unet.state_dict().items())

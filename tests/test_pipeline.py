@@ -210,3 +210,29 @@ def test_v1_motion_module_pools_norms_in_the_pipeline_too(pipe):
 
 def test_noise_schedule_is_animatediffs_linear_by_default(pipe):
     assert pipe.noise_schedule == NoiseSchedule(beta_schedule="linear")
+
+
+def test_half_precision_vae_overflow_is_redone_in_float32(pipe, monkeypatch):
+    """A VAE that overflows in half precision must not give black frames silently."""
+    half = copy.deepcopy(pipe)
+    half.vae.to(torch.bfloat16)
+    real_decode = half.vae.decode
+
+    def overflowing(z, **kw):
+        out = real_decode(z, **kw)
+        return out.fill_(float("inf")) if z.dtype != torch.float32 else out
+
+    monkeypatch.setattr(half.vae, "decode", overflowing)
+    latents = torch.randn(4, 3, 8, 8)
+    with pytest.warns(UserWarning, match="overflowed"):
+        frames = half.decode(latents, chunk=2)
+    assert torch.isfinite(frames).all()
+    assert next(half.vae.parameters()).dtype == torch.bfloat16  # back to half after the retry
+    # the retry runs the bf16-rounded weights in float32: equal to the fp32 VAE up to that rounding
+    assert torch.allclose(frames, pipe.decode(latents), atol=2e-3)
+
+
+def test_offload_gives_the_same_video(pipe):
+    offloaded = AnimateDiff(pipe.unet, pipe.vae, pipe.text_encoder, default_size=64, offload=True)
+    args = dict(frames=3, steps=2, seed=5, progress=False, output="latents")
+    assert torch.equal(offloaded("a", **args), pipe("a", **args))

@@ -62,10 +62,12 @@ class SpatialTransformer(nn.Module):
             y = block(y, context)
         if self.linear:
             y = self.proj_out(y)
-        y = rearrange(y, "n (h w) c -> n c h w", h=h, w=w)
+        # Back to contiguous NCHW before the conv: a permuted input would make the conv (and, through
+        # the residual, every later layer) run in another memory layout, with reorders in between.
+        y = rearrange(y, "n (h w) c -> n c h w", h=h, w=w).contiguous()
         if not self.linear:
             y = self.proj_out(y)
-        return y + x
+        return x + y
 
 
 class StepContext:
