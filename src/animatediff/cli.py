@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="say what checkpoint files are")
     i.add_argument("files", nargs="+", type=Path)
+
+    t = sub.add_parser("train", help="train a motion module, MotionLoRA, domain adapter or LoRA (docs/training.md)")
+    t.add_argument("config", type=Path, help="training config (YAML)")
+    t.add_argument("--resume", default="auto", help="auto (latest checkpoint in output_dir), none, or a path")
+
+    s = sub.add_parser("shards", help="pack a folder of captioned videos into tar shards for training")
+    s.add_argument("source", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--per-shard", type=int, default=1000)
     return p
 
 
@@ -168,7 +177,21 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(load(f).describe())
 
 
-VERBS = {"generate": cmd_generate, "run": cmd_run, "info": cmd_info}
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.loop import train
+
+    train(args.config, args.resume)
+
+
+def cmd_shards(args: argparse.Namespace) -> None:
+    from .training.data import VideoFolder
+    from .training.shards import write_shards
+
+    paths = write_shards(VideoFolder(args.source), args.out_dir, samples_per_shard=args.per_shard)
+    print(f"wrote {len(paths)} shards to {args.out_dir}")
+
+
+VERBS = {"generate": cmd_generate, "run": cmd_run, "info": cmd_info, "train": cmd_train, "shards": cmd_shards}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,12 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     from .checkpoints import CheckpointError
 
+    errors: tuple[type[Exception], ...] = (CheckpointError, ValueError, OSError, KeyError)
+    if args.verb == "train":
+        from .training.loop import TrainingError
+
+        errors += (TrainingError,)
     try:
         VERBS[args.verb](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CheckpointError, ValueError, OSError, KeyError) as e:
+    except errors as e:
         if args.debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -22,6 +22,21 @@ def token_chunks(tokenizer: CLIPTokenizer, prompt: str) -> list[list[int]]:
     return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
 
 
+def prompt_ids(tokenizer: CLIPTokenizer, prompts: list[str], min_chunks: int = 1) -> tuple[torch.Tensor, int]:
+    """Token ids [B * chunks, 77] (each chunk: start, up to 75 tokens, end, end-padding) and `chunks`."""
+    chunked = [token_chunks(tokenizer, p) for p in prompts]
+    n = max(min_chunks, *(len(c) for c in chunked))
+    rows = [tokenizer.chunk_ids(chunk, CHUNK)[0] for c in chunked for chunk in c + [[]] * (n - len(c))]
+    return torch.stack(rows), n
+
+
+def encode_ids(text_encoder: CLIPTextModel, ids: torch.Tensor, batch: int, clip_skip: int = 1) -> torch.Tensor:
+    """Hidden states of every chunk in one call, re-joined per prompt: [B, 77 * chunks, hidden]."""
+    device = next(text_encoder.parameters()).device
+    hidden = text_encoder(ids.to(device), clip_skip=clip_skip)
+    return hidden.reshape(batch, -1, hidden.shape[-1])
+
+
 @torch.no_grad()
 def encode_prompts(
     text_encoder: CLIPTextModel,
@@ -31,13 +46,8 @@ def encode_prompts(
     min_chunks: int = 1,
 ) -> torch.Tensor:
     """[B, 77 * chunks, hidden] for a batch of prompts (all padded to the same number of chunks)."""
-    chunked = [token_chunks(tokenizer, p) for p in prompts]
-    n = max(min_chunks, *(len(c) for c in chunked))
-    # one [77] row per chunk: start, up to 75 tokens, end, end-padding
-    rows = [tokenizer.chunk_ids(chunk, CHUNK)[0] for c in chunked for chunk in c + [[]] * (n - len(c))]
-    device = next(text_encoder.parameters()).device
-    hidden = text_encoder(torch.stack(rows).to(device), clip_skip=clip_skip)  # every chunk in one call
-    return hidden.reshape(len(prompts), -1, hidden.shape[-1])
+    ids, _ = prompt_ids(tokenizer, prompts, min_chunks)
+    return encode_ids(text_encoder, ids, len(prompts), clip_skip)
 
 
 def count_chunks(tokenizer: CLIPTokenizer, prompts: list[str]) -> int:

@@ -108,7 +108,9 @@ class UNet3D(nn.Module):
             use_checkpoint=self.gradient_checkpointing and self.training and torch.is_grad_enabled(),
         )
 
-        x = self.conv_in(rearrange(sample.to(dtype), "b c f h w -> (b f) c h w"))
+        # contiguous: a strided view here (e.g. latents sliced from the VAE's moments) crashes the CPU
+        # backward of PyTorch 2.13 (segfault), and costs a reorder in the first conv anyway
+        x = self.conv_in(rearrange(sample.to(dtype), "b c f h w -> (b f) c h w").contiguous())
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, s)

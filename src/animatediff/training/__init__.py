@@ -1,0 +1,5 @@
+"""Training: the paper's stages (domain adapter, motion module, MotionLoRA) and image-model stages.
+
+config.py (YAML -> frozen dataclasses), data.py (clips from captioned videos), stages.py (what learns,
+what is written), loop.py (the loop, DDP/FSDP, checkpoints), lora.py (trainable low-rank layers).
+"""

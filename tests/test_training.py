@@ -1,0 +1,282 @@
+"""Training on tiny models and synthetic clips: every stage learns, only what should change changes,
+a killed run resumes exactly, two processes equal one, and the files come out in the usual layouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import yaml
+
+from animatediff import Video
+from animatediff.checkpoints import load, load_lora
+from animatediff.checkpoints.export import save_motion_module, save_sd15
+from animatediff.models.clip import CLIPTextModel
+from animatediff.models.unet import UNet3D
+from animatediff.models.vae import AutoencoderKL
+from animatediff.training.config import Config, ConfigError, load_config
+from animatediff.training.loop import Trainer
+from conftest import TINY_MOTION, TINY_TEXT, TINY_UNET, TINY_VAE
+
+COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230), "yellow": (240, 220, 40)}
+
+
+def moving_square(color, direction: int, frames: int = 24, size: int = 48) -> np.ndarray:
+    video = np.full((frames, size, size, 3), 20, np.uint8)
+    for f in range(frames):
+        x = 8 + direction * f if direction >= 0 else size - 20 + direction * f
+        x = int(np.clip(x, 0, size - 12))
+        video[f, 18:30, x : x + 12] = color
+    return video
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    clips = root / "clips"
+    clips.mkdir()
+    for i, (name, color) in enumerate(COLORS.items()):
+        for d, word in ((1, "right"), (-1, "left")):
+            stem = clips / f"{name}-{word}-{i}"
+            Video(moving_square(color, d), fps=8).save(stem.with_suffix(".mp4"))
+            stem.with_suffix(".txt").write_text(f"a {name} square moving {word}")
+    torch.manual_seed(0)
+    unet = UNet3D(TINY_UNET)
+    save_sd15(root / "base.safetensors", unet, AutoencoderKL(TINY_VAE), CLIPTextModel(TINY_TEXT))
+    motion = UNet3D(TINY_UNET, TINY_MOTION["mm_sd_v15_v2"])
+    with torch.no_grad():  # as if trained: a fresh module's zero output would hide any MotionLoRA
+        for p in motion.motion_parameters().values():
+            p.normal_(0, 0.05)
+    save_motion_module(root / "mm.safetensors", motion)
+    return {"root": root, "clips": clips, "base": root / "base.safetensors", "mm": root / "mm.safetensors"}
+
+
+def config(world, tmp_path, stage: str, **overrides) -> dict:
+    raw = {
+        "stage": stage,
+        "model": str(world["base"]),
+        "output_dir": str(tmp_path / "run"),
+        "motion_preset": "mm_sd_v15_v2",
+        "data": {"videos": str(world["clips"]), "frames": 4, "stride": 2, "size": 32, "workers": 0},
+        "train": {"steps": 6, "batch_size": 2, "lr": 1e-3, "seed": 3, "lora_rank": 4},
+        "checkpoint": {"every": 0},
+        "logging": {"every": 1, "tensorboard": False},
+    }
+    if stage == "motion_lora":
+        raw["motion_module"] = str(world["mm"])
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return raw
+
+
+def write(raw: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def fixed_loss(trainer: Trainer) -> float:
+    """The loss on the first batches with the randomness of step 0: comparable before and after."""
+    step = trainer.step
+    trainer.step = 0
+    batch = next(iter(torch.utils.data.DataLoader(trainer.data, batch_size=4, collate_fn=trainer_collate())))
+    with torch.no_grad():
+        loss = trainer.loss(batch, 0).item()
+    trainer.step = step
+    return loss
+
+
+def trainer_collate():
+    from animatediff.training.data import collate
+
+    return collate
+
+
+STAGES = ["image", "image_lora", "adapter", "motion", "motion_lora"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_learns_and_changes_only_its_parameters(world, tmp_path, stage):
+    from animatediff.training.config import _build, validate
+
+    # low-rank and zero-initialised adapters learn slower: give them a larger step
+    lr = 1e-3 if stage == "image" else 1e-2
+    cfg = validate(_build(Config, config(world, tmp_path, stage, train={"steps": 40, "lr": lr}), ""))
+    trainer = Trainer(cfg, resume="none")
+    frozen = {
+        f"{name}.{k}": v.clone()
+        for name, model in (("unet", trainer.models.unet), ("vae", trainer.models.vae),
+                            ("text_encoder", trainer.models.text_encoder))
+        for k, v in model.state_dict().items()
+        if f"{name}.{k}" not in trainer.models.trainable and ".down.weight" not in k and ".up.weight" not in k
+    }  # fmt: skip
+    before_trainable = {k: v.detach().clone() for k, v in trainer.models.trainable.items()}
+    before = fixed_loss(trainer)
+    path = trainer.run()
+    after = fixed_loss(trainer)
+    assert after < before * 0.9, (before, after)
+    for name, model in (("unet", trainer.models.unet), ("vae", trainer.models.vae),
+                        ("text_encoder", trainer.models.text_encoder)):  # fmt: skip
+        for k, v in model.state_dict().items():
+            key = f"{name}.{k.replace('.base.', '.')}"
+            if key in frozen:
+                assert torch.equal(v, frozen[key]), key
+    assert all(not torch.equal(v, before_trainable[k]) for k, v in trainer.models.trainable.items()
+               if not k.endswith("down.weight"))  # fmt: skip
+    loaded = load(path)
+    expected = {"image": "sd15", "image_lora": "lora", "adapter": "domain_adapter", "motion": "motion_module",
+                "motion_lora": "motion_lora"}[stage]  # fmt: skip
+    assert loaded.kind == expected
+    rows = (Path(cfg.output_dir) / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 41
+
+
+def test_motion_stage_output_loads_here_and_in_diffusers(world, tmp_path):
+    from diffusers import MotionAdapter
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    raw = config(world, tmp_path, "motion", train={"steps": 3})
+    path = Trainer(validate_raw(raw), resume="none").run()
+    ours = load(path).components["motion_module"].state_dict()
+    converted = convert_animatediff_checkpoint_to_diffusers(safetensors.torch.load_file(path))
+    adapter = MotionAdapter(block_out_channels=TINY_UNET.block_out_channels, motion_layers_per_block=2,
+                            motion_num_attention_heads=2, motion_norm_num_groups=8)  # fmt: skip
+    result = adapter.load_state_dict(converted, strict=False)
+    assert result.unexpected_keys == [] and all("pos_embed" in k for k in result.missing_keys)
+    assert len(ours) == len(converted) + 2 * sum(1 for k in converted if k.endswith("attn1.to_q.weight"))
+
+
+def validate_raw(raw: dict) -> Config:
+    from animatediff.training.config import _build, validate
+
+    return validate(_build(Config, raw, ""))
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(world, tmp_path):
+    straight = config(world, tmp_path / "a", "motion", train={"steps": 8}, checkpoint={"every": 2, "keep": 2})
+    resumed = config(world, tmp_path / "b", "motion", train={"steps": 8}, checkpoint={"every": 2, "keep": 2})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cmd = [sys.executable, "-m", "animatediff.train"]
+    r = subprocess.run([*cmd, write(straight, tmp_path / "a.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([*cmd, write(resumed, tmp_path / "b.yaml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    target = Path(resumed["output_dir"]) / "checkpoints" / "step-0000004"
+    deadline = time.time() + 240
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists() and not (Path(resumed["output_dir"]) / "motion_module.safetensors").exists()
+    r = subprocess.run([*cmd, tmp_path / "b.yaml"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stderr + r.stdout
+    a = safetensors.torch.load_file(Path(straight["output_dir"]) / "motion_module.safetensors")
+    b = safetensors.torch.load_file(Path(resumed["output_dir"]) / "motion_module.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kept = sorted(p.name for p in (Path(resumed["output_dir"]) / "checkpoints").iterdir())
+    assert kept == ["step-0000006", "step-0000008"]
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(world, tmp_path):
+    one = config(world, tmp_path / "one", "motion_lora", train={"steps": 3, "batch_size": 4})
+    two = config(world, tmp_path / "two", "motion_lora", train={"steps": 3, "batch_size": 4})
+    for raw, name in ((one, "one"), (two, "two")):
+        (tmp_path / name).mkdir()
+        write(raw, tmp_path / f"{name}.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "animatediff.train", tmp_path / "one.yaml"], capture_output=True,
+                       text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29517", "-m", "animatediff.train", tmp_path / "two.yaml"], capture_output=True, text=True,
+                       env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    a = safetensors.torch.load_file(Path(one["output_dir"]) / "motion_lora.safetensors")
+    b = safetensors.torch.load_file(Path(two["output_dir"]) / "motion_lora.safetensors")
+    assert a.keys() == b.keys()
+    # equal up to the order of float sums in the gradient all-reduce (measured: 4.6e-6 on weights ~1)
+    assert all(torch.allclose(a[k], b[k], atol=2e-5) for k in a)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a.items() if k.endswith("up.weight"))
+
+
+def test_motion_lora_output_applies_with_the_pipeline(world, tmp_path):
+    from animatediff import AnimateDiff
+
+    path = Trainer(validate_raw(config(world, tmp_path, "motion_lora", train={"steps": 3})), resume="none").run()
+    pipe = AnimateDiff.from_checkpoints(world["base"], world["mm"], device="cpu", dtype="float32")
+    base = pipe("a red square", frames=4, height=32, width=32, steps=2, seed=1, progress=False, output="latents")
+    pipe.load_lora(path, 1.0, name="trained")
+    assert pipe.lora_kinds["trained"] == "motion_lora"
+    moved = pipe("a red square", frames=4, height=32, width=32, steps=2, seed=1, progress=False, output="latents")
+    assert not torch.allclose(base, moved)
+    lora, kind = load_lora(path, {"unet": pipe.unet})
+    assert kind == "motion_lora" and all(".motion_modules." in w.module for w in lora.weights)
+
+
+def test_ema_validation_and_warmup(world, tmp_path):
+    raw = config(world, tmp_path, "motion", train={"steps": 4, "ema_decay": 0.9, "warmup_steps": 2},
+                 validation={"every": 2, "prompts": ["a red square moving right"], "seeds": [1], "steps": 2,
+                             "frames": 4, "size": 32})  # fmt: skip
+    trainer = Trainer(validate_raw(raw), resume="none")
+    assert trainer.sched.get_last_lr()[0] == pytest.approx(0.5e-3)
+    path = trainer.run()
+    gifs = sorted((Path(raw["output_dir"]) / "validation").glob("*/*.gif"))
+    assert [g.parent.name for g in gifs] == ["step-0000002", "step-0000004"]
+    exported = load(path).components["motion_module"].state_dict()
+    live = {k.removeprefix("unet."): v for k, v in trainer.models.trainable.items()}
+    ema = {k.removeprefix("unet."): v for k, v in trainer.ema.items()}
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    assert any(not torch.equal(exported[k], live[k]) for k in live)
+
+
+def test_config_errors_are_named(tmp_path, world):
+    raw = config(world, tmp_path, "motion")
+    raw["train"]["lerning_rate"] = 1.0
+    with pytest.raises(ConfigError, match="unknown key 'lerning_rate' in train; did you mean 'lr'"):
+        load_config(write(raw, tmp_path / "typo.yaml"))
+    raw = config(world, tmp_path, "motion_lora")
+    del raw["motion_module"]
+    with pytest.raises(ConfigError, match="needs motion_module"):
+        load_config(write(raw, tmp_path / "no_mm.yaml"))
+    with pytest.raises(ConfigError, match="needs stage, output_dir"):
+        load_config(write({"model": "x"}, tmp_path / "empty.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": {"videos": "{empty}"}}, "no video"),
+        ({"data": {"videos": "{uncaptioned}"}}, "caption"),
+        ({"output_dir": "/proc/forbidden/run"}, "output folder"),
+        ({"model": "{missing}"}, "no such file"),
+        ({"train": {"batch_size": 3, "grad_accum": 2}}, "not divisible"),
+    ],
+)
+def test_cli_errors(world, tmp_path, change, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "uncaptioned").mkdir()
+    Video(moving_square(COLORS["red"], 1), fps=8).save(tmp_path / "uncaptioned" / "clip.mp4")
+    subs = {"empty": tmp_path / "empty", "uncaptioned": tmp_path / "uncaptioned", "missing": tmp_path / "x.ckpt"}
+    raw = config(world, tmp_path, "motion")
+    for key, value in change.items():
+        if isinstance(value, dict):
+            value = {k: str(v).format(**subs) for k, v in value.items()}
+            raw[key].update({k: int(v) if v.isdigit() else v for k, v in value.items()})
+        else:
+            raw[key] = value.format(**subs)
+    r = subprocess.run([sys.executable, "-m", "animatediff", "train", write(raw, tmp_path / "c.yaml")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
