@@ -124,8 +124,9 @@ class UNet3D(nn.Module):
 
         for block in self.up_blocks:
             n = len(block.resnets)
-            size = tuple(skips[-n - 1].shape[-2:]) if len(skips) > n else None
-            x = block(x, skips, s, size)
+            skips, block_skips = skips[:-n], skips[-n:]
+            size = tuple(skips[-1].shape[-2:]) if skips else None  # the next level's size
+            x = block(x, block_skips, s, size)
 
         x = self.conv_out(F.silu(group_norm(self.conv_norm_out, x, pool)))
         return rearrange(x, "(b f) c h w -> b c f h w", b=b)

@@ -166,8 +166,9 @@ class UpBlock(Level):
     def forward(
         self, x: torch.Tensor, skips: list[torch.Tensor], s: StepContext, size: tuple[int, int] | None
     ) -> torch.Tensor:
-        for i in range(len(self.resnets)):
-            x = self.layer(i, torch.cat([x, skips.pop()], dim=1), s)
+        """`skips`: this block's skip features in down-path order (the last one is used first)."""
+        for i, skip in enumerate(reversed(skips)):
+            x = self.layer(i, torch.cat([x, skip], dim=1), s)
         for up in self.upsamplers:
             x = up(x, size)
         return x

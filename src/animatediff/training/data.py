@@ -1,15 +1,22 @@
 """Training data: captioned videos (or images) -> clips [F, 3, size, size] in [-1, 1].
 
-Sources are map-style (a sample is a pure function of its index): a folder of videos with a `.txt`
-caption beside each, WebVid's CSV (`videoid,name,page_dir`, videos at `{folder}/{videoid}.mp4`),
-tar shards (`{key}.mp4` + `{key}.txt`, read by seeking into the tar), or a folder of images.
+Sources are map-style, so a sample is a pure function of its index:
 
-Clips follow the original AnimateDiff: `frames` frames `stride` apart from a random start; a video
-shorter than that but with at least `frames` frames is spread evenly over its length; shorter ones
-are skipped. Every random choice of a sample comes from a generator seeded by (seed, epoch, index),
-so the data do not depend on worker count or order, and a resumed run sees what it would have seen.
-Unreadable videos never stop a run: the next index is tried, and the sample reports how many were
-skipped on the way.
+- `VideoFolder`  videos under a folder, each with its caption beside it (`clip.mp4` + `clip.txt`);
+- `WebVidCSV`    the original AnimateDiff/WebVid layout: `videoid,name,page_dir` rows, videos at
+                 `{folder}/{videoid}.mp4`;
+- `ImageFolder`  images with `.txt` captions, for the image stages;
+- `ShardSet`     tar shards (`{key}.mp4` + `{key}.txt`), read by seeking into the tar (shards.py).
+
+`ClipDataset` follows the original's clip choice: `frames` frames `stride` apart from a random start; a
+video shorter than that span but with at least `frames` frames is spread evenly over its length;
+shorter ones are skipped. Every random choice of a sample comes from a generator seeded by (seed, epoch,
+index), so the data do not depend on worker count or access order, and a resumed run sees exactly what
+it would have seen. Unreadable files never stop a run: the next index is tried, and the sample reports
+how many were passed over.
+
+The order is separate: `epoch_order` is a seeded permutation, `rank_batches` gives each process its
+contiguous share of every global batch, and `batches_from` starts an epoch at a given batch (resume).
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ import hashlib
 import io
 import os
 import random
-import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -41,272 +51,345 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One entry of a source: where its media is, and its caption."""
+    """One sample of a source: its media (a file, or the bytes of a tar member) and its caption."""
 
-    key: str
+    name: str  # where it comes from, for messages; its suffix says how to decode it
     caption: str
-    path: Path | None = None  # a file on disk
-    shard: Path | None = None  # or a member of a tar shard
-    offset: int = 0
-    size: int = 0
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
 
     @property
     def suffix(self) -> str:
-        return Path(self.key).suffix.lower()
+        return os.path.splitext(self.name)[1].lower()
+
+    def open(self) -> str | io.BytesIO:
+        """What PyAV and PIL open: the file's path, or its bytes in memory (a fresh stream each call)."""
+        return str(self.path) if self.data is None else io.BytesIO(self.data)
 
 
-def _first(paths: list, n: int = 3) -> str:
+class Source(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Item: ...
+
+
+class PackedStrings:
+    """Many strings in one buffer. A list of millions of `str` in a dataset is copied into every forked
+    DataLoader worker page by page, as reading the strings touches their reference counts (pytorch#13246);
+    one bytes object and one offsets array stay shared."""
+
+    def __init__(self, strings: Sequence[str]):
+        encoded = [s.encode("utf-8") for s in strings]
+        self._data = b"".join(encoded)
+        self._ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> str:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} strings")
+        index %= len(self)
+        start = int(self._ends[index - 1]) if index else 0
+        return self._data[start : int(self._ends[index])].decode("utf-8")
+
+
+def _first(paths: Sequence, n: int = 3) -> str:
     return ", ".join(str(p) for p in paths[:n]) + (f" (and {len(paths) - n} more)" if len(paths) > n else "")
 
 
-class VideoFolder:
+# -- sources ------------------------------------------------------------------------------------------
+
+
+class _CaptionedFolder:
+    suffixes: tuple[str, ...] = ()
+    what = ""
+
+    def __init__(self, root: str | os.PathLike, allow_missing_captions: bool = False):
+        self.root = Path(root)
+        self.allow_missing_captions = allow_missing_captions
+        self.names = PackedStrings(self._find())
+
+    def _find(self) -> list[str]:
+        """Paths (relative to root, sorted: every process numbers the samples alike) of the media files."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such folder")
+        found, missing = [], []
+        # followlinks: data sets are often assembled from symlinked folders
+        for folder, subfolders, files in os.walk(self.root, followlinks=True):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            present = set(files)
+            for name in files:
+                stem, suffix = os.path.splitext(name)
+                # hidden files are not samples: macOS leaves `._clip.mp4` resource forks beside copies
+                if name.startswith(".") or suffix.lower() not in self.suffixes:
+                    continue
+                rel = os.path.relpath(os.path.join(folder, name), self.root)
+                found.append(rel)
+                if stem + ".txt" not in present:
+                    missing.append(rel)
+        if not found:
+            raise DataError(f"no {self.what} files found under {self.root} (looked for {', '.join(self.suffixes)})")
+        if missing and not self.allow_missing_captions:
+            raise DataError(
+                f"{len(missing)} of {len(found)} {self.what}s under {self.root} have no caption file beside them "
+                f"(clip.mp4 needs clip.txt): {_first(sorted(missing))}; add them, or allow missing captions "
+                "to train on empty ones"
+            )
+        return sorted(found)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> Item:
+        name = self.names[index]
+        path = self.root / name
+        caption = path.with_suffix(".txt")
+        if self.allow_missing_captions and not caption.exists():
+            return Item(name, "", path=path)
+        # read here, not at construction: a folder of millions of clips then lists in one directory walk
+        return Item(name, caption.read_text(encoding="utf-8", errors="replace").strip(), path=path)
+
+
+class VideoFolder(_CaptionedFolder):
     """Videos under `root` (recursively), each with a caption file beside it (`clip.mp4` + `clip.txt`)."""
 
     suffixes, what = VIDEO_SUFFIXES, "video"
 
-    def __init__(self, root: str | os.PathLike, allow_missing_captions: bool = False):
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"{root}: no such folder")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in self.suffixes and p.is_file())
-        if not files:
-            raise DataError(f"no {self.what} files found under {root} (looked for {', '.join(self.suffixes)})")
-        missing = [p for p in files if not p.with_suffix(".txt").exists()]
-        if missing and not allow_missing_captions:
-            raise DataError(f"{len(missing)} files under {root} have no caption (.txt beside them): {_first(missing)}")
-        self.items = [Item(str(p.relative_to(root)), _read_caption(p.with_suffix(".txt")), path=p) for p in files]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-class ImageFolder(VideoFolder):
-    """Images with captions beside them (for the image stages)."""
+class ImageFolder(_CaptionedFolder):
+    """Images under `root` (recursively) with captions beside them; each is a one-frame clip."""
 
     suffixes, what = IMAGE_SUFFIXES, "image"
 
 
-def _read_caption(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace").strip() if path.exists() else ""
-
-
 class WebVidCSV:
-    """WebVid's layout: a CSV with `videoid,name,...`; videos at `{video_folder}/{videoid}.mp4`."""
+    """WebVid's layout, as the original AnimateDiff reads it: a CSV with columns `videoid,name,page_dir`
+    (more are fine), the video of a row at `{video_folder}/{videoid}.mp4`, its caption in `name`.
 
-    def __init__(self, csv_path: str | os.PathLike, video_folder: str | os.PathLike):
-        csv_path, folder = Path(csv_path), Path(video_folder)
-        try:
-            with open(csv_path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        except OSError as e:
-            raise DataError(f"{csv_path}: cannot read the CSV ({e.strerror})") from None
-        if rows and not {"videoid", "name"} <= set(rows[0]):
-            raise DataError(f"{csv_path}: expected columns videoid,name (WebVid's layout), got {list(rows[0])}")
-        self.items, self.missing = [], 0
-        for row in rows:
-            path = folder / f"{row['videoid']}.mp4"
-            if path.exists():
-                self.items.append(Item(path.name, row["name"].strip(), path=path))
-            else:
-                self.missing += 1
-        if not self.items:
-            raise DataError(f"none of the {len(rows)} videos of {csv_path} is in {folder}")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-class ShardSet:
-    """Tar shards (webdataset layout): `{key}.mp4` (or another media suffix) and `{key}.txt` members.
-
-    The index (member offsets) is read from the tar headers once; a sample is read by seeking, so
-    shards are never unpacked and only a few file handles are open per process.
+    Rows whose video is not in the folder (WebVid downloads always miss some) are left out and counted
+    in `missing`.
     """
 
-    def __init__(self, pattern: str):
-        import glob
-
-        shards = sorted(Path(p) for p in glob.glob(str(pattern)))
-        if not shards:
-            raise DataError(f"no shards match {pattern}")
-        self.items = []
-        for shard in shards:
-            media, captions = {}, {}
-            try:
-                with tarfile.open(shard) as tar:
-                    for m in tar:
-                        if not m.isfile():
-                            continue
-                        stem, suffix = os.path.splitext(m.name)
-                        if suffix.lower() == ".txt":
-                            captions[stem] = tar.extractfile(m).read().decode("utf-8", "replace").strip()
-                        elif suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
-                            media[stem] = (m.name, m.offset_data, m.size)
-            except (tarfile.TarError, OSError) as e:
-                raise DataError(f"{shard}: unreadable shard ({e})") from None
-            for stem in sorted(media):
-                name, offset, size = media[stem]
-                self.items.append(Item(name, captions.get(stem, ""), shard=shard, offset=offset, size=size))
-        self._handles: dict[Path, object] = {}
-        self._pid = os.getpid()
+    def __init__(self, csv_path: str | os.PathLike, video_folder: str | os.PathLike):
+        csv_path, self.folder = Path(csv_path), Path(video_folder)
+        if not self.folder.is_dir():
+            raise DataError(f"{self.folder}: no such folder (the videos of {csv_path})")
+        present = {e.name for e in os.scandir(self.folder)}  # one listing, not a stat per row of millions
+        ids, captions, self.missing = [], [], 0
+        try:
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                rows = csv.DictReader(f)
+                if not {"videoid", "name"} <= set(rows.fieldnames or ()):
+                    raise DataError(f"{csv_path}: expected WebVid's columns videoid,name,page_dir, got {rows.fieldnames}")
+                for row in rows:
+                    if f"{row['videoid']}.mp4" in present:
+                        ids.append(row["videoid"])
+                        captions.append((row["name"] or "").strip())
+                    else:
+                        self.missing += 1
+        except OSError as e:
+            raise DataError(f"{csv_path}: cannot read the CSV ({e.strerror})") from None
+        if not ids:
+            raise DataError(f"none of the {self.missing} videos listed in {csv_path} is in {self.folder}")
+        self.ids, self.captions = PackedStrings(ids), PackedStrings(captions)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.ids)
 
-    def read(self, item: Item) -> bytes:
-        if self._pid != os.getpid():  # a forked DataLoader worker: never share file handles
-            self._handles, self._pid = {}, os.getpid()
-        f = self._handles.get(item.shard)
-        if f is None:
-            if len(self._handles) >= 8:
-                self._handles.pop(next(iter(self._handles))).close()
-            f = self._handles[item.shard] = open(item.shard, "rb")  # noqa: SIM115 - cached handle
-        f.seek(item.offset)
-        return f.read(item.size)
+    def __getitem__(self, index: int) -> Item:
+        name = f"{self.ids[index]}.mp4"
+        return Item(name, self.captions[index], path=self.folder / name)
 
 
-def make_source(d) -> VideoFolder | WebVidCSV | ShardSet:
+def make_source(d: DataConfig) -> Source:
     """The source a training config's `data` section names."""
     if d.shards:
-        return ShardSet(d.shards)
+        from .shards import ShardSet  # shards.py builds on this module
+
+        return ShardSet(d.shards, allow_missing_captions=d.allow_missing_captions)
     if d.csv:
         return WebVidCSV(d.csv, d.videos)
     if d.images:
-        return ImageFolder(d.images)
+        return ImageFolder(d.images, allow_missing_captions=d.allow_missing_captions)
     return VideoFolder(d.videos, allow_missing_captions=d.allow_missing_captions)
 
 
-# -- decoding -------------------------------------------------------------------------------------------
+# -- decoding -----------------------------------------------------------------------------------------
 
 
-def _open(source, item: Item):
-    if item.shard is not None:
-        return io.BytesIO(source.read(item))
-    return str(item.path)
+class Unusable(Exception):
+    """A file that decodes but cannot make a sample (too short, no video stream, ends early)."""
 
 
-def frame_count(source, item: Item) -> int:
-    with av.open(_open(source, item)) as c:
+def count_frames(item: Item) -> int:
+    with av.open(item.open()) as c:
+        if not c.streams.video:
+            raise Unusable("no video stream")
         stream = c.streams.video[0]
-        if stream.frames:
+        if stream.frames > 0:  # mp4, mov and avi index their frames
             return stream.frames
-        return sum(1 for _ in c.decode(stream))
+        # webm and mkv often do not: count packets, which needs demuxing only, not decoding
+        return sum(1 for packet in c.demux(stream) if packet.size)
 
 
-def decode_frames(source, item: Item, indices: list[int]) -> np.ndarray:
-    """RGB frames [len(indices), H, W, 3] at the given frame indices (decoding stops at the last one)."""
-    wanted = set(indices)
+def decode_frames(item: Item, indices: Sequence[int]) -> np.ndarray:
+    """RGB frames uint8 [len(indices), H, W, 3]; decoding stops at the last index, and only the frames
+    asked for are converted and kept."""
+    wanted, last = set(indices), max(indices)
     got: dict[int, np.ndarray] = {}
-    with av.open(_open(source, item)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
+    with av.open(item.open()) as c:
+        for i, frame in enumerate(c.decode(c.streams.video[0])):
             if i in wanted:
                 got[i] = frame.to_ndarray(format="rgb24")
-            if i >= max(indices):
+            if i == last:
                 break
     if len(got) < len(wanted):
-        raise ValueError(f"the video ended after {len(got)} of the needed frames")
+        raise Unusable(f"the video ends before frame {last} (truncated?)")
     return np.stack([got[i] for i in indices])
 
 
+def read_image(item: Item) -> np.ndarray:
+    """RGB uint8 [1, H, W, 3], upright (phone photos store their rotation in EXIF)."""
+    with Image.open(item.open()) as im:
+        return np.array(ImageOps.exif_transpose(im).convert("RGB"))[None]
+
+
 def clip_indices(n: int, frames: int, stride: int, rng: random.Random) -> list[int]:
-    """The original's choice: `frames` frames `stride` apart from a random start, or spread evenly."""
-    span = (frames - 1) * stride + 1
-    if n >= span:
-        start = rng.randint(0, n - span)
-        return list(range(start, start + span, stride))
-    return np.linspace(0, n - 1, frames).round().astype(int).tolist()
+    """The original's choice of frames from a video of `n` (at least `frames`): `frames` frames `stride`
+    apart from a random start, or, if the video is shorter than that span, spread over all of it."""
+    span = min(n, (frames - 1) * stride + 1)
+    start = rng.randint(0, n - span)
+    # truncating linspace as the original does; on a full span it gives exactly start, start + stride, ...
+    return np.linspace(start, start + span - 1, frames, dtype=int).tolist()
 
 
 def resize_crop(frames: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 [F, H, W, 3] -> float [F, 3, size, size] in [-1, 1]: short side to `size`, center crop."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
+    """uint8 [F, H, W, 3] -> float32 [F, 3, size, size] in [-1, 1]: the shorter side to `size` (bilinear,
+    antialiased, as torchvision's Resize in the original), then the center square."""
+    h, w = frames.shape[1:3]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top : top + size, left : left + size]
-    return (x / 127.5 - 1).clamp(-1, 1)
+    out = torch.empty(len(frames), 3, size, size)
+    for i, frame in enumerate(frames):  # a frame at a time: a 1080p clip of 16 frames in float32 is 400 MB
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        out[i] = x[0, :, top : top + size, left : left + size]
+    return out.div_(127.5).sub_(1).clamp_(-1, 1)
 
 
-def _seed(*values: int) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(values).encode(), digest_size=8).digest(), "little")
+def _stable_seed(*parts: object) -> int:
+    """A seed from values, equal in every process and Python run (unlike `hash`, which is salted)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+# -- the dataset --------------------------------------------------------------------------------------
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Clips [F, 3, size, size] (one frame for image stages) with captions, deterministic per (epoch, index)."""
+    """Clips of `frames` frames `stride` apart, `size` x `size`, from any source; one random frame per
+    video with `image=True` (image stages); images are always one frame.
 
-    def __init__(self, source, frames: int = 16, stride: int = 4, size: int = 256, seed: int = 0,
+    `dataset[i]` is `{"pixels": float32 [F, 3, size, size] in [-1, 1], "caption": str, "index": i,
+    "skipped": how many unreadable or too short items were passed over to make it}`.
+    """
+
+    def __init__(self, source: Source, frames: int = 16, stride: int = 4, size: int = 256, seed: int = 0,
                  image: bool = False):  # fmt: skip
+        if frames < 1 or stride < 1 or size < 1:
+            raise ValueError(f"frames, stride and size must be at least 1, got {frames}, {stride}, {size}")
         self.source, self.frames, self.stride, self.size = source, frames, stride, size
         self.seed, self.image, self.epoch = seed, image, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """New clip starts and frame choices for every sample (call it in each process, before loading)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def load(self, index: int) -> torch.Tensor:
-        item = self.source.items[index]
-        rng = random.Random(_seed(self.seed, self.epoch, index))
+    def rng(self, index: int) -> random.Random:
+        return random.Random(_stable_seed("clip", self.seed, self.epoch, index))
+
+    def load(self, index: int) -> tuple[torch.Tensor, str]:
+        """(pixels, caption) of exactly this index; raises on a file that cannot make a sample."""
+        item, rng = self.source[index], self.rng(index)
         if item.suffix in IMAGE_SUFFIXES:
-            data = _open(self.source, item)
-            frames = np.asarray(Image.open(data).convert("RGB"))[None]
-        else:
-            n = frame_count(self.source, item)
-            if self.image:
-                if n < 1:
-                    raise ValueError("no frames")
-                frames = decode_frames(self.source, item, [rng.randrange(n)])
-            else:
-                if n < self.frames:
-                    raise ValueError(f"too short: {n} frames for clips of {self.frames}")
-                frames = decode_frames(self.source, item, clip_indices(n, self.frames, self.stride, rng))
-        return resize_crop(frames, self.size)
+            return resize_crop(read_image(item), self.size), item.caption
+        n, need = count_frames(item), 1 if self.image else self.frames
+        if n < need:
+            raise Unusable(f"{n} frames, fewer than the {need} a sample needs")
+        indices = [rng.randrange(n)] if self.image else clip_indices(n, self.frames, self.stride, rng)
+        return resize_crop(decode_frames(item, indices), self.size), item.caption
 
     def __getitem__(self, index: int) -> dict:
-        for skipped in range(MAX_CONSECUTIVE_FAILURES):
-            i = (index + skipped) % len(self)
+        n = len(self)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        error: Exception | None = None
+        for skipped in range(min(MAX_CONSECUTIVE_FAILURES, n)):
+            # the next indices, not random ones: which sample stands in for a broken one stays deterministic
+            candidate = (index + skipped) % n
             try:
-                pixels = self.load(i)
-            except Exception:  # any unreadable, truncated or too-short file: try the next one
+                pixels, caption = self.load(candidate)
+            # Any error: a damaged file can fail anywhere in FFmpeg, PIL or a tar read, and one bad file
+            # in millions must not end a run. A bug fails every sample, so it still ends in the error below.
+            except Exception as e:
+                error = e
                 continue
-            return {"pixels": pixels, "caption": self.source.items[i].caption, "index": index, "skipped": skipped}
-        raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable samples from index {index}: "
-                        "is the data folder right?")  # fmt: skip
+            return {"pixels": pixels, "caption": caption, "index": int(index), "skipped": skipped}
+        what = f"{self.source[candidate].name}: {error}" if not isinstance(error, IndexError) else str(error)
+        raise DataError(
+            f"{skipped + 1} consecutive unreadable samples around index {index}: is the data folder right? "
+            f"(the last, {what})"
+        ) from error
 
 
 def collate(samples: list[dict]) -> dict:
+    """Samples -> {"pixels": [B, F, 3, H, W], "caption": [B strings], "index": [B], "skipped": total}."""
+    shapes = {tuple(s["pixels"].shape) for s in samples}
+    if len(shapes) > 1:
+        raise DataError(f"samples of different shapes in one batch: {sorted(shapes)} (images mixed with videos?)")
     return {
         "pixels": torch.stack([s["pixels"] for s in samples]),
         "caption": [s["caption"] for s in samples],
-        "index": torch.tensor([s["index"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         "skipped": sum(s["skipped"] for s in samples),
     }
 
 
-# -- order -------------------------------------------------------------------------------------------------
+# -- order --------------------------------------------------------------------------------------------
+
+
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    # PCG64 from numpy: fast for WebVid's 10M, and the same permutation on every process and platform
+    return np.random.Generator(np.random.PCG64(_stable_seed("order", seed, epoch))).permutation(n)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """A seeded permutation of the dataset for one epoch."""
-    g = torch.Generator().manual_seed(_seed(seed, epoch, -1) & (2**62 - 1))
-    return torch.randperm(n, generator=g).tolist()
+    """The order of the `n` samples in one epoch: a permutation seeded by (seed, epoch)."""
+    return _permutation(n, seed, epoch).tolist()
+
+
+def rank_batches(order: Sequence[int], global_batch: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:
+    """For each global batch (`global_batch` consecutive items of `order`; an incomplete last one is
+    dropped), the contiguous slice that process `rank` of `world` handles."""
+    if global_batch < 1 or world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need global_batch >= 1 and 0 <= rank < world, got {global_batch}, {rank}, {world}")
+    if global_batch % world:
+        raise ValueError(f"a global batch of {global_batch} cannot be split evenly over {world} processes")
+    per_rank = global_batch // world
+    starts = range(rank * per_rank, len(order) - global_batch + 1 + rank * per_rank, global_batch)
+    return ([int(i) for i in order[s : s + per_rank]] for s in starts)
 
 
 def batches_from(
     n: int, seed: int, epoch: int, start_batch: int, global_batch: int, rank: int = 0, world: int = 1
 ) -> Iterator[list[int]]:
-    """This process's share of each global batch of the epoch, from batch `start_batch` on.
-
-    Global batch k is items [k * B, (k + 1) * B) of the epoch's order; process r takes the r-th
-    contiguous slice of it. The incomplete last batch is dropped.
-    """
-    if global_batch % world:
-        raise ValueError(f"a global batch of {global_batch} cannot be split over {world} processes")
-    order = epoch_order(n, seed, epoch)
-    per_rank = global_batch // world
-    for k in range(start_batch, n // global_batch):
-        batch = order[k * global_batch : (k + 1) * global_batch]
-        yield batch[rank * per_rank : (rank + 1) * per_rank]
+    """This process's share of each global batch of the epoch, from batch `start_batch` on: what a run
+    resumed at (epoch, start_batch) handles, without going through the batches before it."""
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be at least 0, got {start_batch}")
+    order = _permutation(n, seed, epoch)
+    return rank_batches(order[start_batch * global_batch :], global_batch, rank, world)

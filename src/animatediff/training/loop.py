@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from ..prompts import encode_ids, prompt_ids
 from ..sampling import NoiseSchedule
 from . import checkpoint
+from .cache import LatentCache, collate_cached
 from .config import Config, ConfigError, load_config
 from .data import ClipDataset, DataError, batches_from, collate, make_source
-from .stages import StageModels, build_stage, check_output_dir, export
+from .stages import StageModels, base_path, build_stage, check_output_dir, export
 
 
 class TrainingError(RuntimeError):
@@ -89,6 +90,17 @@ class Trainer:
         self.alphas = ns.alphas_cumprod().to(self.device)
         self.prediction_type = t.prediction_type
 
+        self.samples, self.collate, self.empty_text = self.data, collate, None
+        if d.cache_dir:
+            if self.models.trains_text:
+                raise ConfigError("data.cache_dir needs a frozen text encoder: set train.train_text_encoder: false")
+            cache = LatentCache(d.cache_dir, self.data, base_path(cfg))
+            bar = (lambda xs: tqdm(xs, desc="caching latents", disable=not self.is_main)) if self.is_main else None
+            cache.build(self.models.vae, self.models.text_encoder, self.models.tokenizer, self.rank, self.world, bar)
+            if self.world > 1:
+                dist.barrier()
+            self.samples, self.collate, self.empty_text = cache, collate_cached, cache.empty_text().to(self.device)
+
         module = TrainModule(self.models.unet, self.models.text_encoder if self.models.trains_text else None)
         self.module = self._distribute(module)
         self.params = [p for p in self.models.trainable.values()]
@@ -119,7 +131,7 @@ class Trainer:
             from torch.distributed.fsdp import fully_shard
 
             for block in [*module.unet.down_blocks, module.unet.mid_block, *module.unet.up_blocks]:
-                fully_shard(block)
+                fully_shard(block)  # one all-gather per level keeps the peak at one level's weights
             fully_shard(module)
             # sharding replaced the parameters: collect the trainable ones again, by name
             named = dict(module.named_parameters())
@@ -147,8 +159,14 @@ class Trainer:
                 full = weights[name].to(p.device)
                 p.copy_(self._shard_like(full, p))
         if self.ema is not None and ema is not None:
-            self.ema = {n: v.to(self.device) for n, v in ema.items()}
-        self.opt.load_state_dict(states["optimizer"])
+            self.ema = {n: self._shard_like(v.to(self.device), self.ema[n]) for n, v in ema.items()}
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.module, self.opt, states["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        else:
+            self.opt.load_state_dict(states["optimizer"])
         self.sched.load_state_dict(states["schedule"])
         self.scaler.load_state_dict(states["scaler"])
         self.step, self.epoch, self.batch_in_epoch = info["step"], info["epoch"], info["batch_in_epoch"]
@@ -171,12 +189,12 @@ class Trainer:
         n = len(self.data)
         per_epoch = n // self.micro_global
         while True:
-            self.data.set_epoch(self.epoch)
+            self.data.set_epoch(self.epoch)  # (cached samples are the same every epoch)
             batches = batches_from(n, self.cfg.train.seed, self.epoch, self.batch_in_epoch, self.micro_global,
                                    self.rank, self.world)  # fmt: skip
             loader = torch.utils.data.DataLoader(
-                self.data, batch_sampler=list(batches), num_workers=self.cfg.data.workers, collate_fn=collate,
-                persistent_workers=False,
+                self.samples, batch_sampler=list(batches), num_workers=self.cfg.data.workers,
+                collate_fn=self.collate, persistent_workers=False,
             )  # fmt: skip
             for batch in loader:
                 self.batch_in_epoch += 1  # counted as consumed before use: a checkpoint resumes after it
@@ -187,21 +205,24 @@ class Trainer:
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
         """The diffusion loss of one micro-batch (epsilon or v target, MSE)."""
         m, t = self.models, self.cfg.train
-        pixels = batch["pixels"].to(self.device)  # [B, F, 3, H, W]
-        b, frames = pixels.shape[:2]
+        b = len(batch["caption"])
         first = micro * self.micro_global + self.rank * (self.micro_global // self.world)
         gens = [torch.Generator().manual_seed(sample_seed(t.seed, self.step, first + i)) for i in range(b)]
         with torch.no_grad():
-            post = m.vae.encode(pixels.flatten(0, 1), chunk=8)
-            eps = torch.stack([torch.randn(frames, *post.mean.shape[1:], generator=g) for g in gens]).flatten(0, 1)
-            x0 = (post.mean + post.std * eps.to(self.device)) * m.vae.config.scaling_factor
+            if "mean" in batch:  # cached posteriors [B, F, 4, h, w]
+                mean, std = batch["mean"].to(self.device).flatten(0, 1), batch["std"].to(self.device).flatten(0, 1)
+            else:
+                post = m.vae.encode(batch["pixels"].to(self.device).flatten(0, 1), chunk=8)
+                mean, std = post.mean, post.std
+            frames = mean.shape[0] // b
+            eps = torch.stack([torch.randn(frames, *mean.shape[1:], generator=g) for g in gens]).flatten(0, 1)
+            x0 = (mean + std * eps.to(self.device)) * m.vae.config.scaling_factor
             x0 = x0.unflatten(0, (b, frames)).transpose(1, 2).contiguous()  # [B, 4, F, h, w]
         steps = torch.tensor([int(torch.randint(0, len(self.alphas), (), generator=g)) for g in gens])
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(self.device)
         drop = [float(torch.rand((), generator=g)) < self.cfg.data.caption_dropout for g in gens]
         captions = ["" if d else c for c, d in zip(batch["caption"], drop)]
 
-        ids, _ = prompt_ids(m.tokenizer, captions)
         text_grad = torch.enable_grad() if m.trains_text else torch.no_grad()
         a = self.alphas[steps.to(self.device)].view(b, 1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -209,9 +230,18 @@ class Trainer:
         amp = torch.autocast(self.device.type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with amp:
             with text_grad:
-                context = encode_ids(m.text_encoder, ids, b)
+                context = self.context(batch, captions, drop)
             pred = self.module(x_t, steps.to(self.device), context)
         return F.mse_loss(pred.float(), target.float())
+
+    def context(self, batch: dict, captions: list[str], drop: list[bool]) -> torch.Tensor:
+        """Text hidden states [B, 77 * chunks, D]: from the cache, or from the text encoder."""
+        if "text" not in batch:
+            ids, _ = prompt_ids(self.models.tokenizer, captions)
+            return encode_ids(self.models.text_encoder, ids, len(captions))
+        texts = [self.empty_text if d else t.to(self.device) for t, d in zip(batch["text"], drop)]
+        longest = max(t.shape[0] for t in texts)  # pad with empty chunks, as prompt encoding does
+        return torch.stack([torch.cat([t, *[self.empty_text] * ((longest - t.shape[0]) // 77)]) for t in texts])
 
     def optimizer_step(self, batches) -> float:
         t = self.cfg.train
@@ -285,16 +315,46 @@ class Trainer:
         """Whole tensors on every process (gathers FSDP shards; a no-op otherwise)."""
         return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in tensors.items()}
 
+    @property
+    def fsdp(self) -> bool:
+        return self.world > 1 and self.cfg.distributed == "fsdp"
+
+    def optimizer_state(self) -> dict:
+        """Whole optimizer state (FSDP: gathered, keyed by parameter name, on the CPU)."""
+        if not self.fsdp:
+            return self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.module, self.opt, options=options)
+
     def save_checkpoint(self) -> None:
         weights = self._full(self.models.trainable)
-        states = {"optimizer": self.opt.state_dict(), "schedule": self.sched.state_dict(),
+        ema = self._full(self.ema) if self.ema is not None else None
+        states = {"optimizer": self.optimizer_state(), "schedule": self.sched.state_dict(),
                   "scaler": self.scaler.state_dict()}  # fmt: skip
         if self.is_main:
             info = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "skipped": self.skipped,
-                    "stage": self.cfg.stage}  # fmt: skip
-            checkpoint.save(self.out, self.step, weights, self.ema, states, info, self.cfg.checkpoint.keep)
+                    "stage": self.cfg.stage, "world": self.world}  # fmt: skip
+            checkpoint.save(self.out, self.step, weights, ema, states, info, self.cfg.checkpoint.keep)
         if self.world > 1:
             dist.barrier()
+
+    def _unshard_for_export(self) -> None:
+        """After FSDP training: gather every parameter and put plain tensors back into the models."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return
+        with torch.no_grad():
+            for name, value in full.items():
+                owner, _, attr = name.rpartition(".")
+                module = self.module.get_submodule(owner)
+                if attr in module._parameters:
+                    module._parameters[attr] = nn.Parameter(value.to(self.device), requires_grad=False)
+        named = dict(self.module.named_parameters())
+        self.models.trainable = {n: named[n] for n in self.models.trainable}
 
     def validate(self, log: MetricsLog | None) -> None:
         v = self.cfg.validation
@@ -320,14 +380,12 @@ class Trainer:
             dist.barrier()
 
     def finish(self) -> Path | None:
-        weights = self._full(self.models.trainable)
+        ema = self._full(self.ema) if self.ema is not None else None
+        if self.fsdp:
+            self._unshard_for_export()
         path = None
         if self.is_main:
-            with torch.no_grad():  # export the whole (gathered) weights, EMA ones if kept
-                for name, p in self.models.trainable.items():
-                    if hasattr(p, "full_tensor"):
-                        self.models.trainable[name] = nn.Parameter(weights[name], requires_grad=False)
-            path = export(self.cfg, self.models, self.out, self.ema)
+            path = export(self.cfg, self.models, self.out, ema)
             tqdm.write(f"saved {path}")
         if self.world > 1:
             dist.barrier()

@@ -52,12 +52,16 @@ class StageModels:
         return any(n.startswith("text_encoder.") for n in self.trainable)
 
 
-def base_files(cfg: Config):
+def base_path(cfg: Config) -> str:
     if cfg.model == "toy":
         from ..toy.models import weights_dir
 
-        return load_model_file(weights_dir() / "toy_base.safetensors", "model", ("sd15",))
-    return load_model_file(cfg.model, "model", ("sd15",))
+        return str(weights_dir() / "toy_base.safetensors")
+    return cfg.model
+
+
+def base_files(cfg: Config):
+    return load_model_file(base_path(cfg), "model", ("sd15",))
 
 
 def build_stage(cfg: Config, device: torch.device) -> StageModels:
