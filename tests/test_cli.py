@@ -153,7 +153,7 @@ def test_run_original_prompt_configs(tmp_path, files):
     assert r.returncode == 2 and "unknown keys ['promt']" in r.stderr
 
 
-@pytest.mark.parametrize("verb", ["generate", "run", "info"])
+@pytest.mark.parametrize("verb", ["generate", "run", "info", "train", "shards"])
 def test_help_is_complete(verb):
     r = cli(verb, "--help")
     assert r.returncode == 0

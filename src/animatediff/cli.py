@@ -106,10 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", type=Path, help="training config (YAML)")
     t.add_argument("--resume", default="auto", help="auto (latest checkpoint in output_dir), none, or a path")
 
-    s = sub.add_parser("shards", help="pack a folder of captioned videos into tar shards for training")
-    s.add_argument("source", type=Path)
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--per-shard", type=int, default=1000)
+    sub.add_parser("shards", help="pack a folder of captioned videos into tar shards for training", add_help=False)
     return p
 
 
@@ -183,18 +180,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(args.config, args.resume)
 
 
-def cmd_shards(args: argparse.Namespace) -> None:
-    from .training.data import VideoFolder
-    from .training.shards import write_shards
-
-    paths = write_shards(VideoFolder(args.source), args.out_dir, samples_per_shard=args.per_shard)
-    print(f"wrote {len(paths)} shards to {args.out_dir}")
-
-
-VERBS = {"generate": cmd_generate, "run": cmd_run, "info": cmd_info, "train": cmd_train, "shards": cmd_shards}
+VERBS = {"generate": cmd_generate, "run": cmd_run, "info": cmd_info, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["shards"]:  # its own parser (python -m animatediff.training.shards)
+        from .training.shards import main as shards_main
+
+        return shards_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")

@@ -21,19 +21,20 @@ from ..prompts import encode_ids, prompt_ids
 from .data import ClipDataset, DataError
 
 
-def fingerprint(model: str, data: ClipDataset) -> str:
+def fingerprint(model: str, data: ClipDataset, source: str) -> str:
     stat = os.stat(model) if os.path.isfile(model) else None
-    parts = [os.path.abspath(model), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0, data.frames,
-             data.stride, data.size, data.seed, data.image, len(data)]  # fmt: skip
+    parts = [os.path.abspath(model), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0, source,
+             data.frames, data.stride, data.size, data.seed, data.image, len(data)]  # fmt: skip
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 class LatentCache(torch.utils.data.Dataset):
     """Cached samples: `mean`, `std` [F, 4, h, w], `text` [77 * chunks, D], `caption`."""
 
-    def __init__(self, root: str | os.PathLike, data: ClipDataset, model_path: str):
+    def __init__(self, root: str | os.PathLike, data: ClipDataset, model_path: str, source: str = ""):
+        """`source` names the data (its folder, CSV or shards) for the fingerprint."""
         self.root, self.data = Path(root), data
-        self.key = fingerprint(model_path, data)
+        self.key = fingerprint(model_path, data, source)
         meta = self.root / "cache.json"
         if meta.exists():
             made = json.loads(meta.read_text()).get("fingerprint")

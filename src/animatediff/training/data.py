@@ -94,7 +94,7 @@ class PackedStrings:
         return self._data[start : int(self._ends[index])].decode("utf-8")
 
 
-def _first(paths: Sequence, n: int = 3) -> str:
+def first_few(paths: Sequence, n: int = 3) -> str:
     return ", ".join(str(p) for p in paths[:n]) + (f" (and {len(paths) - n} more)" if len(paths) > n else "")
 
 
@@ -133,7 +133,7 @@ class _CaptionedFolder:
         if missing and not self.allow_missing_captions:
             raise DataError(
                 f"{len(missing)} of {len(found)} {self.what}s under {self.root} have no caption file beside them "
-                f"(clip.mp4 needs clip.txt): {_first(sorted(missing))}; add them, or allow missing captions "
+                f"(clip.mp4 needs clip.txt): {first_few(sorted(missing))}; add them, or allow missing captions "
                 "to train on empty ones"
             )
         return sorted(found)
@@ -181,7 +181,9 @@ class WebVidCSV:
             with open(csv_path, newline="", encoding="utf-8") as f:
                 rows = csv.DictReader(f)
                 if not {"videoid", "name"} <= set(rows.fieldnames or ()):
-                    raise DataError(f"{csv_path}: expected WebVid's columns videoid,name,page_dir, got {rows.fieldnames}")
+                    raise DataError(
+                        f"{csv_path}: expected WebVid's columns videoid,name,page_dir, got {rows.fieldnames}"
+                    )
                 for row in rows:
                     if f"{row['videoid']}.mp4" in present:
                         ids.append(row["videoid"])
@@ -312,37 +314,38 @@ class ClipDataset(torch.utils.data.Dataset):
     def rng(self, index: int) -> random.Random:
         return random.Random(_stable_seed("clip", self.seed, self.epoch, index))
 
-    def load(self, index: int) -> tuple[torch.Tensor, str]:
-        """(pixels, caption) of exactly this index; raises on a file that cannot make a sample."""
-        item, rng = self.source[index], self.rng(index)
+    def load(self, item: Item, rng: random.Random) -> torch.Tensor:
+        """The pixels of one item; raises on a file that cannot make a sample."""
         if item.suffix in IMAGE_SUFFIXES:
-            return resize_crop(read_image(item), self.size), item.caption
+            return resize_crop(read_image(item), self.size)
         n, need = count_frames(item), 1 if self.image else self.frames
         if n < need:
             raise Unusable(f"{n} frames, fewer than the {need} a sample needs")
         indices = [rng.randrange(n)] if self.image else clip_indices(n, self.frames, self.stride, rng)
-        return resize_crop(decode_frames(item, indices), self.size), item.caption
+        return resize_crop(decode_frames(item, indices), self.size)
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
-        error: Exception | None = None
-        for skipped in range(min(MAX_CONSECUTIVE_FAILURES, n)):
+        tries, error = min(MAX_CONSECUTIVE_FAILURES, n), None
+        for skipped in range(tries):
             # the next indices, not random ones: which sample stands in for a broken one stays deterministic
             candidate = (index + skipped) % n
+            where = f"sample {candidate}"
             try:
-                pixels, caption = self.load(candidate)
+                item = self.source[candidate]
+                where = item.name
+                pixels = self.load(item, self.rng(candidate))  # the candidate's own randomness
             # Any error: a damaged file can fail anywhere in FFmpeg, PIL or a tar read, and one bad file
             # in millions must not end a run. A bug fails every sample, so it still ends in the error below.
             except Exception as e:
                 error = e
                 continue
-            return {"pixels": pixels, "caption": caption, "index": int(index), "skipped": skipped}
-        what = f"{self.source[candidate].name}: {error}" if not isinstance(error, IndexError) else str(error)
+            return {"pixels": pixels, "caption": item.caption, "index": int(index), "skipped": skipped}
         raise DataError(
-            f"{skipped + 1} consecutive unreadable samples around index {index}: is the data folder right? "
-            f"(the last, {what})"
+            f"{tries} consecutive unreadable samples around index {index}: is the data folder right? "
+            f"(the last, {where}: {type(error).__name__}: {error})"
         ) from error
 
 

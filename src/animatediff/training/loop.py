@@ -94,7 +94,8 @@ class Trainer:
         if d.cache_dir:
             if self.models.trains_text:
                 raise ConfigError("data.cache_dir needs a frozen text encoder: set train.train_text_encoder: false")
-            cache = LatentCache(d.cache_dir, self.data, base_path(cfg))
+            source = os.path.abspath(d.shards or d.csv or d.images or d.videos)
+            cache = LatentCache(d.cache_dir, self.data, base_path(cfg), source)
             bar = (lambda xs: tqdm(xs, desc="caching latents", disable=not self.is_main)) if self.is_main else None
             cache.build(self.models.vae, self.models.text_encoder, self.models.tokenizer, self.rank, self.world, bar)
             if self.world > 1:
@@ -193,7 +194,7 @@ class Trainer:
             batches = batches_from(n, self.cfg.train.seed, self.epoch, self.batch_in_epoch, self.micro_global,
                                    self.rank, self.world)  # fmt: skip
             loader = torch.utils.data.DataLoader(
-                self.samples, batch_sampler=list(batches), num_workers=self.cfg.data.workers,
+                self.samples, batch_sampler=batches, num_workers=self.cfg.data.workers,
                 collate_fn=self.collate, persistent_workers=False,
             )  # fmt: skip
             for batch in loader:
