@@ -299,3 +299,72 @@ def test_latent_cache_trains_like_the_uncached_run(world, tmp_path):
     other = config(world, tmp_path / "other", "motion", data={"cache_dir": str(tmp_path / "cache"), "size": 64})
     with pytest.raises(ValueError, match="cache made from other data"):
         Trainer(validate_raw(other), resume="none")
+
+
+def test_trained_motion_lora_round_trips_through_diffusers(world, tmp_path):
+    """Our trained MotionLoRA, written in diffusers' naming, fused by diffusers' own LoRA loader, gives the
+    motion-module weights our loader merges from the original-layout file."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler
+    from transformers import CLIPTokenizer
+
+    from animatediff.checkpoints import LoraSet, motion_modules
+    from animatediff.checkpoints.export import save_lora
+    from animatediff.checkpoints.keymap import key_map
+    from reference import diffusers_motion_unet, transformers_clip, write_clip_vocab
+
+    path = Trainer(validate_raw(config(world, tmp_path, "motion_lora", train={"steps": 2})), resume="none").run()
+    ours = UNet3D(TINY_UNET, TINY_MOTION["mm_sd_v15_v2"]).eval()
+    lora, _ = load_lora(path, {"unet": ours})
+    save_lora(tmp_path / "diffusers_layout.safetensors", lora.weights, "diffusers")
+    again, kind = load_lora(tmp_path / "diffusers_layout.safetensors", {"unet": ours})  # and we read it back
+    assert kind == "motion_lora" and len(again.weights) == len(lora.weights)
+
+    ref_unet = diffusers_motion_unet(TINY_UNET, TINY_MOTION["mm_sd_v15_v2"])
+    keys = list(ours.state_dict())
+    mapping = key_map(keys, motion_modules.diffusers_table([k for k in keys if ".motion_modules." in k]))
+    state = {k: v.clone() for k, v in ref_unet.state_dict().items()}
+    ours.load_state_dict({k: state[v] for k, v in mapping.items()})
+    pipe = AnimateDiffPipeline(vae=None, text_encoder=transformers_clip(TINY_TEXT),
+                               tokenizer=CLIPTokenizer.from_pretrained(write_clip_vocab(tmp_path)),
+                               unet=ref_unet, motion_adapter=None, scheduler=DDIMScheduler())  # fmt: skip
+    pipe.load_lora_weights(str(tmp_path / "diffusers_layout.safetensors"))
+    pipe.fuse_lora(lora_scale=0.8)
+    pipe.unload_lora_weights()
+    LoraSet(ours).add("motion", lora.weights, 0.8)
+    fused = ref_unet.state_dict()
+    changed = 0
+    for k, v in mapping.items():
+        if ".motion_modules." in k and k.endswith("weight"):
+            assert torch.allclose(ours.state_dict()[k], fused[v], atol=1e-6), k
+            changed += not torch.equal(fused[v], state[v])
+    assert changed == len(lora.weights)
+
+
+def test_accumulation_checkpointing_and_bf16(world, tmp_path):
+    """Accumulating 2 x 2 samples equals a batch of 4; activation checkpointing changes no number; bf16
+    autocast trains to nearly the same weights."""
+
+    def run(name, **train):
+        raw = config(world, tmp_path / name, "motion", train={"steps": 2, "batch_size": 4, **train})
+        return safetensors.torch.load_file(Trainer(validate_raw(raw), resume="none").run())
+
+    base = run("base")
+    # (float sums in another order, amplified by Adam for tiny gradients: as across processes)
+    for name, other, atol in (("accum", run("accum", grad_accum=2), 1e-4),
+                              ("ckpt", run("ckpt", gradient_checkpointing=True), 0.0),
+                              ("bf16", run("bf16", precision="bf16"), 2e-2)):  # fmt: skip
+        worst = max((base[k] - other[k]).abs().max().item() for k in base)
+        assert worst <= atol, (name, worst)
+
+
+def test_out_of_memory_is_explained(world, tmp_path, monkeypatch):
+    from animatediff.training.loop import TrainingError
+
+    trainer = Trainer(validate_raw(config(world, tmp_path, "motion")), resume="none")
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(trainer, "loss", oom)
+    with pytest.raises(TrainingError, match=r"out of memory with 2 samples per process: lower train\.batch_size"):
+        trainer.run()

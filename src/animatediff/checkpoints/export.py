@@ -14,7 +14,7 @@ from torch import nn
 from . import ldm_sd15
 from . import motion_modules as mm
 from .io import save_file
-from .keymap import key_map
+from .keymap import key_map, translate
 from .lora import LoraWeight
 from .shapes import metadata_for
 
@@ -82,7 +82,8 @@ def lora_tensors(weights: list[LoraWeight], layout: str) -> dict[str, torch.Tens
 
     layout "animatediff": MotionLoRA / domain-adapter processor keys (no alpha: factors must be 1);
     "kohya": `lora_unet_<diffusers path>` (the naming every reader accepts) with `.alpha` = factor * rank;
-    "peft": `unet.<module>.lora_A/B.weight`.
+    "peft": `unet.<module>.lora_A/B.weight`; "diffusers": the same with diffusers' motion-module names
+    (what diffusers' AnimateDiff LoRA loading expects of a MotionLoRA).
     """
     out: dict[str, torch.Tensor] = {}
     for w in weights:
@@ -98,9 +99,12 @@ def lora_tensors(weights: list[LoraWeight], layout: str) -> dict[str, torch.Tens
             base = f"{prefix}_{path.replace('.', '_')}"
             out[f"{base}.lora_down.weight"], out[f"{base}.lora_up.weight"] = w.down, w.up
             out[f"{base}.alpha"] = torch.tensor(w.factor * w.down.shape[0])
-        elif layout == "peft":
+        elif layout in ("peft", "diffusers"):
             prefix = "unet" if w.component == "unet" else "text_encoder.text_model"
-            out[f"{prefix}.{w.module}.lora_A.weight"], out[f"{prefix}.{w.module}.lora_B.weight"] = w.down, w.up
+            module = w.module
+            if layout == "diffusers" and ".motion_modules." in module:  # diffusers' MotionAdapter names
+                module = translate(module, mm.diffusers_table([f"{module}.weight"]))
+            out[f"{prefix}.{module}.lora_A.weight"], out[f"{prefix}.{module}.lora_B.weight"] = w.down, w.up
             if w.factor != 1.0:
                 out[f"{prefix}.{w.module}.alpha"] = torch.tensor(w.factor * w.down.shape[0])
         else:

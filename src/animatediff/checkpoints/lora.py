@@ -53,7 +53,7 @@ class LoraFile:
 _KOHYA = re.compile(r"^(lora_unet|lora_te)_(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _PROCESSOR = re.compile(r"^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 _PEFT = re.compile(
-    r"^(unet|text_encoder)\.(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)"
+    r"^(?:(unet|text_encoder)\.)?(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)"
     r"\.weight$"
 )
 _PEFT_ALPHA = re.compile(r"^(unet|text_encoder)\.(.+?)\.alpha$")
@@ -84,6 +84,7 @@ def read_lora(
         "lora_unet": kohya_names(models["unet"], "unet", ldm_table) if "unet" in models else {},
         "lora_te": kohya_names(models["text_encoder"], "text_encoder") if "text_encoder" in models else {},
     }
+    motion_names = diffusers_motion_names(models.get("unet"))
     for key in f.keys():
         if fmt == "kohya" and (m := _KOHYA.match(key)):
             module = lookups[m[1]].get(m[2])
@@ -93,10 +94,11 @@ def read_lora(
             component, part = "unet", m[3]
             module = f"{m[1]}.{'to_out.0' if m[2] == 'to_out' else m[2]}"
         elif m := _PEFT.match(key):
-            component, module = m[1], m[2]
+            component, module = m[1] or "unet", m[2]
             part = "down" if m[3] in ("lora_A", "lora.down", "lora_linear_layer.down") else "up"
             if component == "text_encoder":
                 module = module.removeprefix("text_model.")
+            module = motion_names.get(module, module)
         elif m := _PEFT_ALPHA.match(key):
             component, module, part = m[1], m[2], "alpha"
             if component == "text_encoder":
@@ -135,6 +137,17 @@ def read_lora(
             "was it made for another model family (SDXL, SD2)?",
         )
     return LoraFile(str(f.path), fmt, weights, unused)
+
+
+def diffusers_motion_names(unet: nn.Module | None) -> dict[str, str]:
+    """{diffusers MotionAdapter module path: ours} for the Linear layers of the UNet's motion modules."""
+    if unet is None:
+        return {}
+    from .motion_modules import diffusers_table
+
+    linears = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and ".motion_modules." in n]
+    table = diffusers_table([f"{n}.weight" for n in linears])
+    return {translate(n, table): n for n in linears}
 
 
 def _get_module(model: nn.Module, path: str) -> nn.Module | None:
