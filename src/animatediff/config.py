@@ -80,6 +80,9 @@ class MotionConfig(_Presets):
     transformer_layers: int = 1
     norm_num_groups: int = 32
     ff_mult: int = 4
+    # "conv1d": the paper's ablation (sec. 5.3), 1D temporal convolutions in place of the temporal
+    # transformer, with about as many parameters. Only files this package writes use it.
+    kind: Literal["transformer", "conv1d"] = "transformer"
     # The original's `use_inflated_groupnorm`. v1 modules were trained with it off, so every ResNet
     # GroupNorm and the UNet's final norm pool statistics over all frames of a video; v2/v3 normalise
     # each frame on its own (as diffusers always does).
@@ -119,13 +122,15 @@ class TextConfig(_Presets):
 
 
 # The embedded toy family (issue: the toy world): the same classes at a size a CPU runs in seconds.
+# Sized for the package's 30 MB budget (CLIP's 49408-token table dominates the text encoder) and for
+# a 16-frame video in a few seconds on a laptop CPU.
 TOY_UNET = UNetConfig(
-    block_out_channels=(64, 128, 128), attention_levels=(False, True, True), num_heads=(4, 4, 4),
-    cross_attention_dim=128, norm_num_groups=16,
+    block_out_channels=(32, 64, 64), attention_levels=(False, True, True), num_heads=(4, 4, 4),
+    cross_attention_dim=32, norm_num_groups=8,
 )  # fmt: skip
-TOY_MOTION = MotionConfig(version="v2", num_heads=4, max_frames=32, mid_block=True, norm_num_groups=16)
-TOY_VAE = VAEConfig(block_out_channels=(32, 64, 64), norm_num_groups=16, scaling_factor=1.0)
-TOY_TEXT = TextConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4)
+TOY_MOTION = MotionConfig(version="v2", num_heads=4, max_frames=32, mid_block=True, norm_num_groups=8)
+TOY_VAE = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0)
+TOY_TEXT = TextConfig(hidden_size=32, intermediate_size=128, num_layers=3, num_heads=4)
 
 UNetConfig.PRESETS = {
     "sd15": UNetConfig(),
@@ -139,6 +144,7 @@ MotionConfig.PRESETS = {
     "mm_sd_v15_v2": MotionConfig(version="v2", max_frames=32, mid_block=True, inflated_groupnorm=True),
     "v3_sd15_mm": MotionConfig(version="v3", max_frames=32, mid_block=False, inflated_groupnorm=True),
     "toy": TOY_MOTION,
+    "toy_conv1d": replace(TOY_MOTION, kind="conv1d"),
 }
 
 VAEConfig.PRESETS = {

@@ -41,6 +41,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("motion_module", "animatediff", "AnimateDiff motion module",
          (r"^(module\.)?down_blocks\.\d+\.motion_modules\.\d+\.temporal_transformer\.",
           r"attention_blocks\.\d+\.to_q\.weight$")),
+    Kind("motion_module", "animatediff", "motion module (1D temporal convolutions, an ablation)",
+         (r"^down_blocks\.\d+\.motion_modules\.\d+\.temporal_conv\.convs\.0\.weight$",)),
     Kind("motion_module", "diffusers", "AnimateDiff motion module (diffusers MotionAdapter)",
          (r"^down_blocks\.\d+\.motion_modules\.\d+\.transformer_blocks\.\d+\.attn1\.to_q\.weight$",)),
     Kind("motion_lora", "peft", "MotionLoRA (diffusers / peft)",

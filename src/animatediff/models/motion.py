@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -107,15 +108,46 @@ class TemporalTransformer(nn.Module):
         return x + rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w)
 
 
-class MotionModule(nn.Module):
-    """One motion module (the original's `VanillaTemporalModule`)."""
+class TemporalConvolution(nn.Module):
+    """The ablation: residual 1D convolutions (kernel 3) over frames, per pixel, in the same slot.
+
+    Seven layers of 3C^2 weights plus proj_in/out give about the transformer block's 22C^2 parameters,
+    but each layer only sees neighbouring frames: a local filter rather than attention over the clip.
+    """
+
+    LAYERS = 7
 
     def __init__(self, channels: int, cfg: MotionConfig):
         super().__init__()
-        self.temporal_transformer = TemporalTransformer(channels, cfg)
-        # Zero-initialised output: inserting a fresh module leaves the image model unchanged.
-        nn.init.zeros_(self.temporal_transformer.proj_out.weight)
-        nn.init.zeros_(self.temporal_transformer.proj_out.bias)
+        self.norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.convs = nn.ModuleList([nn.Conv1d(channels, channels, 3, padding=1) for _ in range(self.LAYERS)])
+        self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        return self.temporal_transformer(x, frames)
+        _, _, h, w = x.shape
+        seq = rearrange(self.proj_in(rearrange(self.norm(x), "(b f) c h w -> (b h w) f c", f=frames)), "n f c -> n c f")
+        for conv in self.convs:
+            seq = seq + conv(F.silu(seq))
+        seq = self.proj_out(rearrange(seq, "n c f -> n f c"))
+        return x + rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w)
+
+
+class MotionModule(nn.Module):
+    """One motion module (the original's `VanillaTemporalModule`, or the conv1d ablation)."""
+
+    def __init__(self, channels: int, cfg: MotionConfig):
+        super().__init__()
+        if cfg.kind == "conv1d":
+            self.temporal_conv = TemporalConvolution(channels, cfg)
+            out = self.temporal_conv.proj_out
+        else:
+            self.temporal_transformer = TemporalTransformer(channels, cfg)
+            out = self.temporal_transformer.proj_out
+        # Zero-initialised output: inserting a fresh module leaves the image model unchanged.
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        body = self.temporal_conv if hasattr(self, "temporal_conv") else self.temporal_transformer
+        return body(x, frames)
