@@ -325,3 +325,10 @@ def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk vanished"):
         moving_square().save(tmp_path / "out.gif")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lossless_mp4_is_exact(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (6, 24, 32, 3), dtype=np.uint8)
+    Video(frames, fps=8, metadata={"seed": "1"}).save(tmp_path / "x.mp4", lossless=True)
+    back = Video.load(tmp_path / "x.mp4")
+    assert np.array_equal(back.frames, frames) and back.metadata["seed"] == "1"

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default="auto", help="auto (latest checkpoint in output_dir), none, or a path")
 
     sub.add_parser("shards", help="pack a folder of captioned videos into tar shards for training", add_help=False)
+    sub.add_parser("toy", help="the embedded toy world: `toy train` (remake the model family), `toy eval`",
+                   add_help=False)  # fmt: skip
     return p
 
 
@@ -189,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         from .training.shards import main as shards_main
 
         return shards_main(argv[1:])
+    if argv[:2] == ["toy", "train"]:
+        from .toy.train import main as toy_train
+
+        return toy_train(argv[2:])
+    if argv[:2] == ["toy", "eval"]:
+        from .toy.evaluate import main as toy_eval
+
+        return toy_eval(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")

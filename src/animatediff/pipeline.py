@@ -65,6 +65,8 @@ class AnimateDiff:
         self.notes = list(notes)
         self.loras = {"unet": LoraSet(unet), "text_encoder": LoraSet(text_encoder)}
         self.lora_kinds: dict[str, str] = {}
+        # Set for models with a closed vocabulary (the embedded toy family): prompt -> unknown words.
+        self.vocabulary_check: Callable[[str], list[str]] | None = None
         home = "cpu" if offload else self.device
         for m in (unet, vae, text_encoder):
             m.to(home)
@@ -231,6 +233,11 @@ class AnimateDiff:
         height, width = height or self.default_size, width or self.default_size
         self.check_request(frames, height, width, steps, guidance, sampler, batch, len(negatives))
 
+        if self.vocabulary_check is not None:
+            unknown = sorted({w for p in prompts + negatives for w in self.vocabulary_check(p)})
+            if unknown:
+                warnings.warn(f"the embedded toy model does not know {', '.join(repr(w) for w in unknown)}; "
+                              "pass --model for real checkpoints", stacklevel=2)  # fmt: skip
         cond, uncond = self._contexts(prompts, negatives, guidance, clip_skip, prompt_embeds, negative_prompt_embeds)
         down = self.vae_downscale
         shape = (4, frames, height // down, width // down)

@@ -143,7 +143,8 @@ class Video:
         """Write the video in the format its suffix names and return the path written.
 
         `crf` is for .mp4 (lower is better; 18 looks lossless to most eyes; an odd width or height gains
-        one repeated pixel row/column), `quality` and `lossless` are for .webp. For `.png` the frames go
+        one repeated pixel row/column), `quality` is for .webp, and `lossless` makes .webp lossless and
+        .mp4 exact RGB (libx264rgb). For `.png` the frames go
         to a folder named after the path without its suffix (`out.png` -> `out/0000.png, out/0001.png,
         ...`); that folder must be new or empty. An existing file of another format is replaced.
         """
@@ -152,7 +153,7 @@ class Video:
         if fmt == "png":
             _atomic(target, lambda tmp: _save_png_folder(self, tmp), folder=True)
         elif fmt == "mp4":
-            _atomic(target, lambda tmp: _save_mp4(self, tmp, crf))
+            _atomic(target, lambda tmp: _save_mp4(self, tmp, crf, lossless))
         elif fmt == "gif":
             _atomic(target, lambda tmp: _save_gif(self, tmp))
         else:
@@ -243,7 +244,9 @@ def _split_fps(data: dict[str, str]) -> tuple[dict[str, str], float | None]:
 # -- mp4 ---------------------------------------------------------------------------------------------
 
 
-def _save_mp4(video: Video, tmp: Path, crf: int) -> None:
+def _save_mp4(video: Video, tmp: Path, crf: int, lossless: bool = False) -> None:
+    if lossless:
+        return _save_mp4_rgb(video, tmp)
     # yuv420p keeps colour at half resolution, so libx264 needs an even width and height. An odd side
     # is padded by repeating its last row/column: one pixel at most, and no generated pixel is lost.
     frames = video.frames
@@ -268,6 +271,22 @@ def _save_mp4(video: Video, tmp: Path, crf: int) -> None:
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush the frames libx264 holds back for B-frame lookahead
+
+
+def _save_mp4_rgb(video: Video, tmp: Path) -> None:
+    """Exact RGB in H.264 (libx264rgb, crf 0): every pixel decodes back unchanged (datasets, archives);
+    fewer players support it than yuv420p."""
+    rate = Fraction(video.fps).limit_denominator(1001)
+    with av.open(str(tmp), "w", format="mp4") as container:
+        container.metadata["comment"] = _to_json(video)
+        stream = container.add_stream("libx264rgb", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = video.frames.shape[2], video.frames.shape[1], "rgb24"
+        stream.options = {"crf": "0", "preset": "veryfast"}
+        for i, rgb in enumerate(video.frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
 def _to_yuv(rgb: np.ndarray) -> av.VideoFrame:

@@ -1,8 +1,8 @@
 """The embedded default model family, shipped inside the package (see docs/toy_world.md).
 
 Files live in `animatediff/toy/weights/` in the community's formats: an SD1.5-layout single file for
-the base, an original-layout motion module, LoRAs. Until they are trained, a seeded random model of
-the same configuration stands in, and says so.
+the base (and for the personalised base), an original-layout motion module, processor-layout adapter
+and MotionLoRAs, a kohya-layout style LoRA. `animatediff toy train` makes them from scratch.
 """
 
 from __future__ import annotations
@@ -14,27 +14,50 @@ from pathlib import Path
 import torch
 
 from ..config import TOY_MOTION, TOY_TEXT, TOY_UNET, TOY_VAE
+from . import world
 
-TOY_SIZE = 64  # pixels per side of the toy world's frames
+FILES = {
+    "base": "toy_base.safetensors",
+    "motion": "toy_motion.safetensors",
+    "motion_conv1d": "toy_motion_conv1d.safetensors",
+    "adapter": "toy_adapter.safetensors",
+    "personal": "toy_outlined.safetensors",
+    "style_lora": "toy_outlined_lora.safetensors",
+    "pan_right": "toy_pan_right.safetensors",
+    "zoom_in": "toy_zoom_in.safetensors",
+}
+
 
 def weights_dir() -> Path:
     return Path(str(resources.files("animatediff.toy").joinpath("weights")))
+
+
+def path(key: str) -> Path:
+    return weights_dir() / FILES[key]
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """Words of a prompt that the toy world's captions never use."""
+    known = world.vocabulary()
+    words = [w.strip(".,;:!?()[]\"'") for w in prompt.lower().split()]
+    return sorted({w for w in words if w and w not in known})
 
 
 def load_default(cls, device: torch.device, dtype: torch.dtype):
     from ..checkpoints import load
     from ..components import build_text_encoder, build_unet, build_vae
 
-    folder = weights_dir()
-    base_file, motion_file = folder / "toy_base.safetensors", folder / "toy_motion.safetensors"
-    if base_file.exists() and motion_file.exists():
-        base, motion = load(base_file), load(motion_file)
+    if path("base").exists() and path("motion").exists():
+        base, motion = load(path("base")), load(path("motion"))
         unet, notes = build_unet(base, motion, dtype)
-        return cls(unet, build_vae(base, dtype), build_text_encoder(base, dtype), device=device, dtype=dtype,
-                   default_size=TOY_SIZE, notes=notes)  # fmt: skip
-    warnings.warn("the embedded toy model is not trained yet: generating with random weights", stacklevel=3)
-    return cls(*random_models(dtype), device=device, dtype=dtype, default_size=TOY_SIZE,
-               notes=["untrained random-weight toy model"])  # fmt: skip
+        pipe = cls(unet, build_vae(base, dtype), build_text_encoder(base, dtype), device=device, dtype=dtype,
+                   default_size=world.SIZE, notes=notes)  # fmt: skip
+    else:
+        warnings.warn("the embedded toy model is not trained yet: generating with random weights", stacklevel=3)
+        pipe = cls(*random_models(dtype), device=device, dtype=dtype, default_size=world.SIZE,
+                   notes=["untrained random-weight toy model"])  # fmt: skip
+    pipe.vocabulary_check = unknown_words
+    return pipe
 
 
 def random_models(dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -42,8 +65,7 @@ def random_models(dtype: torch.dtype = torch.float32, seed: int = 0):
     from ..models.unet import UNet3D
     from ..models.vae import AutoencoderKL
 
-    g = torch.random.fork_rng()
-    with g:
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet, vae, text = UNet3D(TOY_UNET, TOY_MOTION), AutoencoderKL(TOY_VAE), CLIPTextModel(TOY_TEXT)
     return tuple(m.to(dtype).eval().requires_grad_(False) for m in (unet, vae, text))

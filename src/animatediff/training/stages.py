@@ -81,7 +81,7 @@ def build_stage(cfg: Config, device: torch.device) -> StageModels:
     text = build_text_encoder(base, torch.float32)
     for m in (unet, vae, text):
         m.requires_grad_(False).eval()
-    if cfg.adapter and cfg.stage == "motion":
+    if cfg.adapter and cfg.stage in ("motion", "motion_lora"):
         adapter, _ = load_lora(cfg.adapter, {"unet": unet})
         LoraSet(unet).add("adapter", adapter.weights, cfg.adapter_scale)  # merged, frozen
 

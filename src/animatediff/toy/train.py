@@ -1,0 +1,222 @@
+"""Training the embedded model family from scratch, reproducibly: `animatediff toy train`.
+
+    1 datasets     the world written to disk (images, watermarked clips, outlined images, motion clips)
+    2 vae          a tiny AutoencoderKL (64x64 -> 4x16x16) on rendered frames (its own short loop)
+    3 base         the text-to-image UNet and text encoder, on still images (trainer stage `image`)
+    4 adapter      the domain adapter on video frames: it absorbs the watermark (stage `adapter`)
+    5 motion       the motion module on clips, base and adapter frozen (stage `motion`)
+    6 conv1d       the ablation: 1D temporal convolutions in the same slot, same data and steps
+    7 personal     a DreamBooth-style fine-tune on outlined objects (stage `image`), as a single file
+    8 style_lora   the same style as an image LoRA (stage `image_lora`)
+    9 motion loras "pan right" and "zoom in" from 50 clips each (stage `motion_lora`)
+
+Every stage but the VAE runs through `animatediff.training` (the same code users train with), and
+every file is written in the community's layouts. Seeded throughout; each stage's time is logged.
+Uses the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoints import load
+from ..checkpoints.export import save_sd15
+from ..checkpoints.io import CheckpointFile, save_file
+from ..config import TOY_TEXT, TOY_UNET, TOY_VAE
+from ..models.clip import CLIPTextModel
+from ..models.unet import UNet3D
+from ..models.vae import AutoencoderKL
+from ..training.config import Config, validate
+from ..training.loop import Trainer
+from . import dataset, world
+from .models import FILES, weights_dir
+
+
+@dataclass(frozen=True)
+class Budget:
+    images: int = 20000
+    videos: int = 4000
+    style_images: int = 2000
+    lora_clips: int = 50
+    vae_steps: int = 4000
+    base_steps: int = 10000
+    adapter_steps: int = 1500
+    motion_steps: int = 4000
+    personal_steps: int = 1500
+    style_lora_steps: int = 1500
+    motion_lora_steps: int = 800
+    image_batch: int = 32
+    video_batch: int = 4
+    workers: int = 2
+
+
+# Seconds in CI: every stage runs, on a handful of samples.
+QUICK = Budget(images=24, videos=8, style_images=8, lora_clips=4, vae_steps=2, base_steps=2, adapter_steps=2,
+               motion_steps=2, personal_steps=2, style_lora_steps=2, motion_lora_steps=2, image_batch=4,
+               video_batch=2, workers=0)  # fmt: skip
+
+
+def render_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
+    """Frames as the whole family will see them: stills, outlined stills, watermarked video frames."""
+    frames = []
+    for _ in range(n):
+        u = rng.random()
+        if u < 0.5:
+            frames.append(world.render(world.sample_scene(rng)))
+        elif u < 0.7:
+            frames.append(world.render(world.sample_scene(rng, "outlined")))
+        else:
+            scene, motion = world.sample_scene(rng), world.sample_motion(rng)
+            args = world.trajectory(scene, motion, 16)[int(rng.integers(16))]
+            frames.append(world.render(**args, watermark=True))
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1
+
+
+def train_vae(steps: int, seed: int, device: torch.device, log) -> AutoencoderKL:
+    """Reconstruction (L1 + L2) with a small KL term, then the latent scale set to give unit variance."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vae = AutoencoderKL(TOY_VAE).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    for step in range(steps):
+        x = render_batch(rng, 32).to(device)
+        post = vae.encode(x)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=None).to(device)
+        rec = vae.decode(z)
+        kl = 0.5 * (post.mean.square() + post.std.square() - 1 - post.logvar).mean()
+        loss = (rec - x).abs().mean() + (rec - x).square().mean() + 1e-5 * kl
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"vae step {step}: loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        means = torch.cat([vae.encode(render_batch(rng, 64).to(device)).mean for _ in range(4)])
+    vae.config = replace(vae.config, scaling_factor=float(1.0 / means.std()))
+    return vae
+
+
+def stage_config(work: Path, name: str, stage: str, model: Path, data: dict, steps: int, budget: Budget, seed: int,
+                 **extra) -> Config:  # fmt: skip
+    from ..training.config import (
+        CheckpointConfig,
+        DataConfig,
+        LogConfig,
+        TrainConfig,
+        ValidationConfig,
+    )
+
+    train = {"steps": steps, "seed": seed, **extra.pop("train", {})}
+    validation = extra.pop("validation", None)
+    return validate(Config(
+        stage=stage, model=str(model), output_dir=str(work / name),
+        data=DataConfig(workers=budget.workers, **data), train=TrainConfig(**train),
+        checkpoint=CheckpointConfig(every=max(500, steps // 4), keep=1),
+        validation=ValidationConfig(**validation) if validation else ValidationConfig(),
+        logging=LogConfig(every=50, tensorboard=False), **extra,
+    ))  # fmt: skip
+
+
+def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, install: bool = True, log=print) -> dict:
+    """Run every stage into `work`; with `install`, copy the results into the package (fp16)."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        times[name] = round(time.perf_counter() - t0, 1)
+        log(f"[{name}] {times[name]:.1f} s")
+        return result
+
+    data = work / "data"
+    kinds_all = world.MOTIONS
+    timed("datasets", lambda: (
+        dataset.write_images(data / "images", budget.images, seed),
+        dataset.write_videos(data / "videos", budget.videos, seed + 1, kinds_all),
+        dataset.write_images(data / "outlined", budget.style_images, seed + 2, style="outlined"),
+        dataset.write_videos(data / "pan_right", budget.lora_clips, seed + 3, ("pan right",)),
+        dataset.write_videos(data / "zoom_in", budget.lora_clips, seed + 4, ("zoom in",)),
+    ))  # fmt: skip
+
+    vae = timed("vae", lambda: train_vae(budget.vae_steps, seed, device, log))
+    init = work / "init.safetensors"
+    torch.manual_seed(seed)
+    save_sd15(init, UNet3D(TOY_UNET), vae.cpu(), CLIPTextModel(TOY_TEXT))
+
+    images = {"images": str(data / "images"), "size": world.SIZE, "frames": 1}
+    videos = {"videos": str(data / "videos"), "size": world.SIZE, "frames": 16, "stride": 1}
+    probe = {"prompts": ("a large red circle on a blue background", "a small yellow star on a green background"),
+             "seeds": (1,), "steps": 25, "frames": 16, "size": world.SIZE,
+             "every": max(1000, budget.motion_steps // 2)}  # fmt: skip
+    run = lambda name, cfg: timed(name, lambda: Trainer(cfg, resume="auto").run())  # noqa: E731
+
+    base_train = {"batch_size": budget.image_batch, "lr": 3e-4, "warmup_steps": 200, "train_text_encoder": True}
+    base = run("base", stage_config(work, "base", "image", init, {**images, "caption_dropout": 0.1}, budget.base_steps,
+               budget, seed, train=base_train, validation={**probe, "frames": 1}))  # fmt: skip
+    lora_train = {"batch_size": budget.image_batch, "lr": 1e-3, "lora_rank": 8}
+    adapter = run("adapter", stage_config(work, "adapter", "adapter", base, {**videos, "frames": 1},
+                  budget.adapter_steps, budget, seed, train=lora_train))  # fmt: skip
+    motion_train = {"batch_size": budget.video_batch, "lr": 2e-4, "warmup_steps": 100}
+    motion = run("motion", stage_config(work, "motion", "motion", base, videos, budget.motion_steps, budget, seed,
+                 motion_preset="toy", adapter=str(adapter), train=motion_train, validation=probe))  # fmt: skip
+    conv1d = run("conv1d", stage_config(work, "conv1d", "motion", base, videos, budget.motion_steps, budget, seed,
+                 motion_preset="toy_conv1d", adapter=str(adapter), train=motion_train))  # fmt: skip
+    outlined = {"images": str(data / "outlined"), "size": world.SIZE, "frames": 1}
+    personal = run("personal", stage_config(work, "personal", "image", base, outlined, budget.personal_steps, budget,
+                   seed, train={"batch_size": budget.image_batch, "lr": 1e-4}))  # fmt: skip
+    style = run("style_lora", stage_config(work, "style_lora", "image_lora", base, outlined, budget.style_lora_steps,
+                budget, seed, train={"batch_size": budget.image_batch, "lr": 1e-3, "lora_rank": 8}))  # fmt: skip
+    loras = {}
+    for name in ("pan_right", "zoom_in"):
+        clips = {"videos": str(data / name), "size": world.SIZE, "frames": 16, "stride": 1}
+        loras[name] = run(name, stage_config(work, name, "motion_lora", base, clips, budget.motion_lora_steps, budget,
+                          seed, motion_module=str(motion), adapter=str(adapter),
+                          train={"batch_size": budget.video_batch, "lr": 1e-3, "lora_rank": 8}))  # fmt: skip
+
+    results = {"base": base, "motion": motion, "motion_conv1d": conv1d, "adapter": adapter, "personal": personal,
+               "style_lora": style, "pan_right": loras["pan_right"], "zoom_in": loras["zoom_in"]}  # fmt: skip
+    (work / "times.json").write_text(json.dumps({"device": str(device), "seconds": times, "budget": budget.__dict__},
+                                                indent=1))  # fmt: skip
+    if install:
+        install_files(results)
+    return {"times": times, "files": {k: str(v) for k, v in results.items()}}
+
+
+def install_files(results: dict[str, Path], dest: Path | None = None) -> None:
+    """Copy the family into the package, in half precision (metadata kept)."""
+    dest = dest or weights_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    for key, src in results.items():
+        f = CheckpointFile(src)
+        tensors = {k: (t.half() if t.is_floating_point() else t) for k, t in f.items()}
+        save_file(tensors, dest / FILES[key], f.metadata)
+        load(dest / FILES[key])  # every shipped file must read back through the normal loaders
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="animatediff toy train", description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("toy-work"), help="datasets, runs and checkpoints (resumable)")
+    ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run of every stage")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-install", action="store_true", help="leave the package's embedded files alone")
+    args = ap.parse_args(argv)
+    out = train_family(args.work, QUICK if args.quick else Budget(), args.seed, install=not args.no_install)
+    print(json.dumps(out["times"], indent=1))
+    return 0
+
+
