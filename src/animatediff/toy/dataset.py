@@ -32,7 +32,8 @@ def video_sample(
     watermark: bool = True,
 ) -> tuple[np.ndarray, str]:  # fmt: skip
     rng = _rng(seed, i)
-    scene, motion = world.sample_scene(rng, style), world.sample_motion(rng, kinds)
+    scene = world.sample_scene(rng, style)
+    motion = world.sample_motion(rng, kinds, scene.shape)
     return world.render_video(scene, motion, frames, watermark), world.caption(scene, motion, bool(rng.random() < 0.7))
 
 

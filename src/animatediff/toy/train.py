@@ -44,7 +44,7 @@ class Budget:
     videos: int = 4000
     style_images: int = 2000
     lora_clips: int = 50
-    vae_steps: int = 4000
+    vae_steps: int = 3000
     base_steps: int = 10000
     adapter_steps: int = 1500
     motion_steps: int = 4000
@@ -72,7 +72,8 @@ def render_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
         elif u < 0.7:
             frames.append(world.render(world.sample_scene(rng, "outlined")))
         else:
-            scene, motion = world.sample_scene(rng), world.sample_motion(rng)
+            scene = world.sample_scene(rng)
+            motion = world.sample_motion(rng, shape=scene.shape)
             args = world.trajectory(scene, motion, 16)[int(rng.integers(16))]
             frames.append(world.render(**args, watermark=True))
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()

@@ -72,7 +72,10 @@ def sample_scene(rng: np.random.Generator, style: str = "filled") -> Scene:
                  float(rng.uniform(0, 90)))  # fmt: skip
 
 
-def sample_motion(rng: np.random.Generator, kinds: tuple[str, ...] = MOTIONS) -> Motion:
+def sample_motion(rng: np.random.Generator, kinds: tuple[str, ...] = MOTIONS, shape: str | None = None) -> Motion:
+    """A motion; a circle is never "rotating" (it would not visibly move)."""
+    if shape == "circle" and len(kinds) > 1:
+        kinds = tuple(k for k in kinds if k != "rotating")
     return Motion(str(rng.choice(kinds)), float(rng.uniform(1.0, 2.0)))
 
 
@@ -119,27 +122,32 @@ def _shade(rgb: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
 def draw_background(
     img: ImageDraw.ImageDraw, name: str, texture: str, offset: tuple[float, float], zoom: float
 ) -> None:
-    s = SUPER
+    """The background through the camera: screen = centre + (world - centre) * zoom + offset."""
+    s, c = SUPER, SIZE / 2
     base = COLORS[name]
     img.rectangle([0, 0, SIZE * s, SIZE * s], fill=base)
     if texture == "plain":
         return
     tone = _shade(base, 0.35 if sum(base) < 500 else -0.25)
-    period = 12.0 * zoom * s
-    ox, oy = offset[0] * s, offset[1] * s
-    if texture == "striped":  # vertical stripes: show horizontal camera motion
-        k0 = math.floor(-ox / period) - 1
-        for k in range(k0, k0 + int(SIZE * s / period) + 3):
-            x0 = ox + k * period + SIZE * s / 2 * (1 - zoom)
-            img.rectangle([x0, 0, x0 + period / 2, SIZE * s], fill=tone)
+    period = 12.0  # world pixels per stripe pair / checker cell
+
+    def screen(w: float, axis: int) -> float:
+        return (c + (w - c) * zoom + offset[axis]) * s
+
+    def cells(axis: int) -> range:  # world cell indices that reach the screen
+        lo = c + (0 - offset[axis] - c) / zoom
+        hi = c + (SIZE - offset[axis] - c) / zoom
+        return range(math.floor(lo / period) - 1, math.ceil(hi / period) + 1)
+
+    if texture == "striped":  # vertical stripes: they show horizontal camera motion
+        for k in cells(0):
+            img.rectangle([screen(k * period, 0), 0, screen(k * period + period / 2, 0), SIZE * s], fill=tone)
     else:  # checkered
-        n = int(SIZE * s / period) + 3
-        for i in range(-1, n):
-            for j in range(-1, n):
+        for i in cells(0):
+            for j in cells(1):
                 if (i + j) % 2 == 0:
-                    x0 = ox % period + (i - 1) * period
-                    y0 = oy % period + (j - 1) * period
-                    img.rectangle([x0, y0, x0 + period, y0 + period], fill=tone)
+                    img.rectangle([screen(i * period, 0), screen(j * period, 1), screen((i + 1) * period, 0),
+                                   screen((j + 1) * period, 1)], fill=tone)  # fmt: skip
 
 
 def render(scene: Scene, offset: tuple[float, float] = (0.0, 0.0), zoom: float = 1.0, scale: float = 1.0,
