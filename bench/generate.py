@@ -39,7 +39,7 @@ def worker(side: str, args: argparse.Namespace, out: Path) -> None:
     base = rss_mb()
     dtype = getattr(torch, args.dtype)
     h = args.size // 8
-    latents = torch.randn(1, 4, args.frames, h, h, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(args.batch, 4, args.frames, h, h, generator=torch.Generator().manual_seed(0))
     stamps: list[float] = []
 
     def sync():
@@ -50,11 +50,14 @@ def worker(side: str, args: argparse.Namespace, out: Path) -> None:
         from animatediff import AnimateDiff
 
         pipe = AnimateDiff.from_checkpoints(model, motion, device=args.device, dtype=args.dtype)
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet)
 
         def generate():
-            return pipe(PROMPT, NEGATIVE, frames=args.frames, height=args.size, width=args.size, steps=args.steps,
-                        guidance=7.5, latents=latents, progress=False,
-                        callback=lambda *_: (sync(), stamps.append(time.perf_counter())))  # fmt: skip
+            videos = pipe([PROMPT] * args.batch, [NEGATIVE] * args.batch, frames=args.frames, height=args.size,
+                          width=args.size, steps=args.steps, guidance=7.5, latents=latents, progress=False,
+                          callback=lambda *_: (sync(), stamps.append(time.perf_counter())))  # fmt: skip
+            return torch.from_numpy(videos[0].frames)
     else:
         from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, StableDiffusionPipeline
         from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
@@ -71,6 +74,8 @@ def worker(side: str, args: argparse.Namespace, out: Path) -> None:
                                    motion_adapter=adapter.to(dtype), scheduler=scheduler).to(args.device)  # fmt: skip
         del sd
         pipe.set_progress_bar_config(disable=True)
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet)
 
         def step_end(p, i, t, kw):
             sync()
@@ -78,24 +83,31 @@ def worker(side: str, args: argparse.Namespace, out: Path) -> None:
             return kw
 
         def generate():
-            return pipe(PROMPT, negative_prompt=NEGATIVE, num_frames=args.frames, height=args.size, width=args.size,
-                        num_inference_steps=args.steps, guidance_scale=7.5, latents=latents.to(args.device, dtype),
-                        output_type="np", decode_chunk_size=8, callback_on_step_end=step_end)  # fmt: skip
+            out = pipe([PROMPT] * args.batch, negative_prompt=[NEGATIVE] * args.batch, num_frames=args.frames,
+                       height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
+                       latents=latents.to(args.device, dtype), output_type="np", decode_chunk_size=8,
+                       callback_on_step_end=step_end)  # fmt: skip
+            return torch.from_numpy((out.frames[0] * 255).round().astype("uint8"))
 
-    if args.warmup:
-        generate()
+    warmup_s = 0.0
+    if args.warmup or args.compile:  # the first call compiles (timed apart) and warms kernels and caches
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            generate()
+        sync()
+        warmup_s = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     stamps.clear()
     sync()
     t0 = time.perf_counter()
     with torch.no_grad():
-        generate()
+        frames = generate()
     sync()
     total = time.perf_counter() - t0
     steps = [b - a for a, b in itertools.pairwise(stamps)]
     torch.save({"video_s": total, "step_ms": 1000 * sorted(steps)[len(steps) // 2] if steps else float("nan"),
-                "peak_mb": peak_memory_mb(args.device, base)}, out)  # fmt: skip
+                "peak_mb": peak_memory_mb(args.device, base), "warmup_s": warmup_s, "frames": frames}, out)  # fmt: skip
 
 
 def main() -> None:
@@ -106,6 +118,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", action="store_true", help="generate once before timing (GPU kernels, caches)")
+    ap.add_argument("--batch", type=int, default=1, help="videos per call")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet on both sides")
     ap.add_argument("--dir", type=Path, default=BENCH_DIR)
     ap.add_argument("--worker", choices=["ours", "diffusers"])
     ap.add_argument("--out", type=Path)
@@ -117,7 +131,7 @@ def main() -> None:
     diffusers_config_folder(args.dir)
     passthrough = ["--device", args.device, "--dtype", args.dtype, "--frames", str(args.frames), "--size",
                    str(args.size), "--steps", str(args.steps), "--dir", str(args.dir)]  # fmt: skip
-    passthrough += ["--warmup"] * args.warmup
+    passthrough += ["--warmup"] * args.warmup + ["--compile"] * args.compile + ["--batch", str(args.batch)]
     r = {side: run_worker(__file__, side, passthrough, args.dir / f"gen-{side}.pt") for side in ("ours", "diffusers")}
     o, d = r["ours"], r["diffusers"]
     print(f"SD1.5 + v2 motion module, random weights, {args.frames} frames {args.size}x{args.size}, "
