@@ -1,0 +1,85 @@
+"""The toy world: a deterministic generator, a dataset writer the trainer reads, a family that trains
+end to end through the real trainer, and the shipped model family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animatediff import Video, load
+from animatediff.toy import dataset, world
+from animatediff.toy.models import FILES, unknown_words
+from animatediff.training.data import ClipDataset, ImageFolder, VideoFolder
+
+EXPECTED_KINDS = {
+    "base": "sd15", "personal": "sd15", "motion": "motion_module", "motion_conv1d": "motion_module",
+    "adapter": "domain_adapter", "style_lora": "lora", "pan_right": "motion_lora", "zoom_in": "motion_lora",
+}  # fmt: skip
+
+
+def test_generator_is_deterministic():
+    a, text_a = dataset.video_sample(7, 3)
+    b, text_b = dataset.video_sample(7, 3)
+    c, _ = dataset.video_sample(7, 4)
+    assert np.array_equal(a, b) and text_a == text_b
+    assert not np.array_equal(a, c)
+    assert a.shape == (16, world.SIZE, world.SIZE, 3) and a.dtype == np.uint8
+    image, caption = dataset.image_sample(7, 3)
+    assert np.array_equal(image, dataset.image_sample(7, 3)[0]) and caption.startswith("a ")
+
+
+def test_captions_name_the_scene():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = world.sample_scene(rng)
+        motion = world.sample_motion(rng, shape=scene.shape)
+        text = world.caption(scene, motion)
+        back = world.scene_for_prompt(text, rng)
+        assert (back.color, back.shape, back.size, back.background, back.texture) == (
+            scene.color, scene.shape, scene.size, scene.background, scene.texture)  # fmt: skip
+        assert unknown_words(text) == []
+        assert not (scene.shape == "circle" and motion.kind == "rotating")
+
+
+def test_unknown_words_are_named():
+    assert unknown_words("a red circle wearing a Hat, on the moon!") == ["hat", "moon", "the", "wearing"]
+
+
+def test_dataset_writer_feeds_the_trainer(tmp_path):
+    images = dataset.write_images(tmp_path / "images", 6, seed=1)
+    videos = dataset.write_videos(tmp_path / "videos", 3, seed=2, kinds=("pan right",))
+    assert len(ImageFolder(images)) == 6 and len(VideoFolder(videos)) == 3
+    clip, text = dataset.video_sample(2, 0, ("pan right",))
+    assert np.array_equal(Video.load(videos / "000000.mp4").frames, clip)  # lossless
+    assert (videos / "000000.txt").read_text() == text and "camera pan right" in text
+    sample = ClipDataset(VideoFolder(videos), frames=16, stride=1, size=world.SIZE)[0]
+    assert sample["pixels"].shape == (16, 3, world.SIZE, world.SIZE)
+    before = (images / "000000.png").stat().st_mtime_ns
+    dataset.write_images(tmp_path / "images", 6, seed=1)  # already complete: nothing rewritten
+    assert (images / "000000.png").stat().st_mtime_ns == before
+
+
+def test_every_stage_of_the_family_trains(tmp_path):
+    """The whole recipe (`animatediff toy train`) at smoke size: every stage through the real trainer."""
+    from animatediff.toy.train import QUICK, install_files, train_family
+
+    out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None)
+    assert set(out["files"]) == set(FILES)
+    for key, file in out["files"].items():
+        assert load(file).kind == EXPECTED_KINDS[key], key
+    install_files({k: Path(v) for k, v in out["files"].items()}, tmp_path / "pkg")
+    assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == sorted(FILES.values())
+
+
+@pytest.mark.parametrize("kind", ["pan right", "zoom in", "left", "growing"])
+def test_rendered_motions_are_what_the_detector_reads(kind):
+    from animatediff.toy.detect import motion_matches, video_metrics
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        scene = world.sample_scene(rng)
+        frames = world.render_video(scene, world.Motion(kind, 1.8))
+        metrics = video_metrics(frames, scene)
+        assert metrics["adherence"] == 1.0 and motion_matches(metrics, kind)
