@@ -90,3 +90,21 @@ def run_worker(script: str, side: str, args: list[str], out: Path) -> dict:
     if r.returncode != 0:
         sys.exit(f"{side} worker failed:\n{r.stderr}")
     return torch.load(out, weights_only=True)
+
+
+def parse(ap) -> object:
+    """Adds the worker plumbing (--dir, --worker, --out) to a benchmark's arguments and parses them."""
+    ap.add_argument("--dir", type=Path, default=BENCH_DIR)
+    ap.add_argument("--worker", choices=["ours", "diffusers"])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def both_sides(script: str, args, tag: str) -> tuple[dict, dict]:
+    """The same benchmark in two fresh processes, ours then diffusers, with this command's own flags."""
+    make_files(args.dir)
+    diffusers_config_folder(args.dir)
+    flags = list(sys.argv[1:])
+    return tuple(run_worker(script, side, flags, args.dir / f"{tag}-{side}.pt") for side in ("ours", "diffusers"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import BENCH_DIR, diffusers_config_folder, make_files, rss_mb, run_worker
+from common import both_sides, make_files, parse, rss_mb
 
 PROMPT, NEGATIVE = "a corgi running on the beach, golden hour", "blurry, low quality"
 
@@ -120,20 +120,10 @@ def main() -> None:
     ap.add_argument("--warmup", action="store_true", help="generate once before timing (GPU kernels, caches)")
     ap.add_argument("--batch", type=int, default=1, help="videos per call")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet on both sides")
-    ap.add_argument("--dir", type=Path, default=BENCH_DIR)
-    ap.add_argument("--worker", choices=["ours", "diffusers"])
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
+    args = parse(ap)
     if args.worker:
         return worker(args.worker, args, args.out)
-    make_files(args.dir)
-    diffusers_config_folder(args.dir)
-    passthrough = ["--device", args.device, "--dtype", args.dtype, "--frames", str(args.frames), "--size",
-                   str(args.size), "--steps", str(args.steps), "--dir", str(args.dir)]  # fmt: skip
-    passthrough += ["--warmup"] * args.warmup + ["--compile"] * args.compile + ["--batch", str(args.batch)]
-    r = {side: run_worker(__file__, side, passthrough, args.dir / f"gen-{side}.pt") for side in ("ours", "diffusers")}
-    o, d = r["ours"], r["diffusers"]
+    o, d = both_sides(__file__, args, "gen")
     print(f"SD1.5 + v2 motion module, random weights, {args.frames} frames {args.size}x{args.size}, "
           f"{args.steps} DDIM steps, CFG 7.5, {args.dtype} on {args.device}")  # fmt: skip
     print(f"{'':24}{'ours':>12}{'diffusers':>12}{'ours/diffusers':>16}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import BENCH_DIR, diffusers_config_folder, make_files, rss_mb, run_worker
+from common import both_sides, make_files, parse, rss_mb
 
 
 def probe_input():
@@ -71,22 +71,12 @@ def worker(side: str, model: Path, motion: Path, dtype: str, config: Path, out: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    ap.add_argument("--dir", type=Path, default=BENCH_DIR)
-    ap.add_argument("--worker", choices=["ours", "diffusers"])
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
+    args = parse(ap)
     model, motion = make_files(args.dir)
     if args.worker:
         return worker(args.worker, model, motion, args.dtype, args.dir / "sd15-config", args.out)
-
-    diffusers_config_folder(args.dir)
     print(f"checkpoint: {model.name} ({model.stat().st_size / 2**30:.2f} GiB fp16), loaded as {args.dtype}")
-    results = {
-        side: run_worker(__file__, side, ["--dtype", args.dtype, "--dir", str(args.dir)], args.dir / f"{side}.pt")
-        for side in ("ours", "diffusers")
-    }
-    o, d = results["ours"], results["diffusers"]
+    o, d = both_sides(__file__, args, "load")
     print(f"{'':28}{'ours':>12}{'diffusers':>12}{'ratio':>8}")
     for label, key in (("load UNet+VAE+CLIP (s)", "load_s"), ("peak RAM during load (MiB)", "peak_mb")):
         print(f"{label:28}{o[key]:12.2f}{d[key]:12.2f}{o[key] / d[key]:8.2f}")

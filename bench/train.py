@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import BENCH_DIR, diffusers_config_folder, make_files, rss_mb, run_worker
+from common import both_sides, make_files, parse, rss_mb
 
 
 def inputs(args, device):
@@ -115,21 +115,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
-    ap.add_argument("--dir", type=Path, default=BENCH_DIR)
-    ap.add_argument("--worker", choices=["ours", "diffusers"])
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
+    args = parse(ap)
     if args.worker:
         return worker(args.worker, args, args.out)
-    make_files(args.dir)
-    diffusers_config_folder(args.dir)
-    passthrough = ["--device", args.device, "--precision", args.precision, "--frames", str(args.frames),
-                   "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--dir", str(args.dir)]  # fmt: skip
-    passthrough += ["--checkpointing"] * args.checkpointing
-    r = {side: run_worker(__file__, side, passthrough, args.dir / f"train-{side}.pt") for side in ("ours", "diffusers")}
-    o, d = r["ours"], r["diffusers"]
+    o, d = both_sides(__file__, args, "train")
     print(f"motion-module training step, SD1.5 + v2 (random weights), batch {args.batch} x {args.frames} frames "
           f"{args.size}x{args.size}, {args.precision} on {args.device}"
           f"{', gradient checkpointing' if args.checkpointing else ''}")  # fmt: skip
