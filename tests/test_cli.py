@@ -117,6 +117,8 @@ def test_interrupt_leaves_no_file(tmp_path, files):
         [sys.executable, "-m", "animatediff", "generate", "x", "--model", str(files["model"]), "--motion-module",
          str(files["mm_v2"]), "--size", "64", "--frames", "4", "--steps", "500", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background jobs inherit SIGINT ignored; a user's terminal delivers it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     time.sleep(6)  # the tiny models load in about a second: sampling 500 steps is under way
     assert proc.poll() is None

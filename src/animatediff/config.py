@@ -57,6 +57,8 @@ class UNetConfig(_Presets):
     use_linear_projection: bool = False
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
+    # Latent side the model was trained at (SD1.5: 64, i.e. 512 px): the default video size.
+    sample_size: int = 64
 
     @property
     def time_embed_dim(self) -> int:
@@ -126,7 +128,7 @@ class TextConfig(_Presets):
 # a 16-frame video in a few seconds on a laptop CPU.
 TOY_UNET = UNetConfig(
     block_out_channels=(32, 64, 64), attention_levels=(False, True, True), num_heads=(4, 4, 4),
-    cross_attention_dim=32, norm_num_groups=8,
+    cross_attention_dim=32, norm_num_groups=8, sample_size=16,
 )  # fmt: skip
 TOY_MOTION = MotionConfig(version="v2", num_heads=4, max_frames=32, mid_block=True, norm_num_groups=8)
 TOY_VAE = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0)

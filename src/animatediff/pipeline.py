@@ -52,7 +52,7 @@ class AnimateDiff:
         noise_schedule: NoiseSchedule | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        default_size: int = 512,
+        default_size: int | None = None,
         offload: bool = False,
         notes: Sequence[str] = (),
     ):
@@ -60,7 +60,8 @@ class AnimateDiff:
         self.tokenizer = tokenizer or load_tokenizer()
         self.noise_schedule = noise_schedule or NoiseSchedule.PRESETS["animatediff"]
         self.device, self.dtype = torch.device(device), dtype
-        self.default_size = default_size
+        # Unless told, the size the UNet was trained at (512 for SD1.5, 64 for the toy family).
+        self.default_size = default_size or unet.config.sample_size * self.vae_downscale
         self.offload = offload
         self.notes = list(notes)
         self.loras = {"unet": LoraSet(unet), "text_encoder": LoraSet(text_encoder)}
