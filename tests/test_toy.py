@@ -83,3 +83,66 @@ def test_rendered_motions_are_what_the_detector_reads(kind):
         frames = world.render_video(scene, world.Motion(kind, 1.8))
         metrics = video_metrics(frames, scene)
         assert metrics["adherence"] == 1.0 and motion_matches(metrics, kind)
+
+
+# -- the shipped family ----------------------------------------------------------------------------------
+
+
+def test_shipped_family_loads_within_the_size_budget():
+    from animatediff.toy.models import path
+
+    total = 0
+    for key in FILES:
+        assert load(path(key)).kind == EXPECTED_KINDS[key], key
+        total += path(key).stat().st_size
+    assert total <= 30 * 2**20, f"{total / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a large red circle on a blue background", "a large yellow square on a green background"]
+)
+def test_default_is_the_trained_family(prompt):
+    """Random weights draw noise; the trained family at least paints the prompt's background colour."""
+    from animatediff import AnimateDiff
+
+    pipe = AnimateDiff.default(device="cpu")
+    assert not any("random" in n for n in pipe.notes)
+    video = pipe(prompt, frames=16, steps=25, seed=0, progress=False)
+    assert video.frames.shape == (16, world.SIZE, world.SIZE, 3)
+    rows = video.frames.astype(float)
+    border = np.concatenate([rows[:, :4].reshape(-1, 3), rows[:, -4:].reshape(-1, 3)]).mean(0)
+    nearest = min(world.COLORS, key=lambda c: np.linalg.norm(border - np.array(world.COLORS[c])))
+    assert nearest == world.scene_for_prompt(prompt, np.random.default_rng(0)).background
+
+
+def test_shipped_files_default_to_the_size_they_were_trained_at():
+    from animatediff import AnimateDiff
+    from animatediff.toy.models import path
+
+    pipe = AnimateDiff.from_checkpoints(path("personal"), path("motion"), device="cpu", dtype="float32")
+    assert pipe.default_size == world.SIZE  # not SD1.5's 512: the UNet config records its sample size
+
+
+def test_default_names_unknown_words():
+    from animatediff import AnimateDiff
+
+    with pytest.warns(UserWarning, match="does not know 'dragon'.*--model"):
+        AnimateDiff.default(device="cpu")("a red dragon on a blue background", frames=2, steps=2, seed=0,
+                                          progress=False)  # fmt: skip
+
+
+def test_evaluation_runs_every_setting():
+    """`animatediff toy eval` end to end on two prompts: a row per setting, every figure in range.
+
+    The shipped family does not reach the issue's targets yet (docs/toy_eval.md), so there are no
+    floors here to pretend otherwise; they belong with the better-trained family."""
+    from animatediff.toy.evaluate import COLUMNS, SETTINGS, evaluate, table
+
+    rows = evaluate(2, (0,), log=lambda *_: None)
+    assert [r.setting for r in rows] == list(SETTINGS)
+    for row in rows:
+        summary = row.summary()
+        assert set(summary) == set(COLUMNS) and len(row.metrics) == 2
+        for key in ("adherence", "consistency", "moving", "outlined", "watermark"):
+            assert 0.0 <= summary[key] <= 1.0
+    assert table(rows).count("\n") == len(SETTINGS) + 2

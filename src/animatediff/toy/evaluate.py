@@ -118,7 +118,8 @@ def evaluate(
             scene = world.scene_for_prompt(prompt, np.random.default_rng(i))
             for seed in seeds:
                 with torch.no_grad():
-                    video = pipe(prompt, frames=frames, steps=steps, seed=seed, progress=False)
+                    video = pipe(prompt, frames=frames, height=world.SIZE, width=world.SIZE, steps=steps, seed=seed,
+                                 progress=False)  # fmt: skip
                 row.metrics.append(video_metrics(video.frames, scene))
                 if gif_dir is not None and i == 0 and seed == seeds[0]:
                     gif_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="animatediff toy eval", description="Measure the paper's claims (toy world).")
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--quick", action="store_true", help="4 prompts, 1 seed (what CI runs)")
