@@ -51,11 +51,10 @@ def load_default(cls, device: torch.device, dtype: torch.dtype):
         base, motion = load(path("base")), load(path("motion"))
         unet, notes = build_unet(base, motion, dtype)
         pipe = cls(unet, build_vae(base, dtype), build_text_encoder(base, dtype), device=device, dtype=dtype,
-                   default_size=world.SIZE, notes=notes)  # fmt: skip
+                   notes=notes)  # fmt: skip
     else:
         warnings.warn("the embedded toy model is not trained yet: generating with random weights", stacklevel=3)
-        pipe = cls(*random_models(dtype), device=device, dtype=dtype, default_size=world.SIZE,
-                   notes=["untrained random-weight toy model"])  # fmt: skip
+        pipe = cls(*random_models(dtype), device=device, dtype=dtype, notes=["untrained random-weight toy model"])
     pipe.vocabulary_check = unknown_words
     return pipe
 
