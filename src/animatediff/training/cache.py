@@ -4,7 +4,8 @@ With a frozen VAE and text encoder their outputs for a sample never change, so t
 once per sample (the clip chosen for epoch 0: no augmentation across epochs) and stored as one
 safetensors file per sample. Training then samples the latent from the stored posterior (mean, std)
 with that step's seeded noise, exactly as without the cache. The cache remembers what it was made
-from (model file, data settings); using it with anything else is refused.
+from (model file, data settings); using it with anything else is refused. When the text encoder
+learns (a base trained from scratch), the stored text is ignored and captions are encoded live.
 """
 
 from __future__ import annotations

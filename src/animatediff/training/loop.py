@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,6 +51,15 @@ class TrainModule(nn.Module):
 def sample_seed(seed: int, step: int, position: int) -> int:
     """A stable seed per (run seed, optimizer step, position of the sample in the global batch)."""
     return ((seed * 1_000_003 + step) * 1_000_033 + position) & (2**62 - 1)
+
+
+def loss_weights(alpha_bar: torch.Tensor, snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights: 1, or Min-SNR-gamma's min(SNR, gamma) / SNR for an epsilon target and
+    min(SNR, gamma) / (SNR + 1) for a v target (both equal to weighting the x0 error by min(SNR, gamma))."""
+    if snr_gamma is None:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
 
 
 class Trainer:
@@ -91,9 +99,7 @@ class Trainer:
         self.prediction_type = t.prediction_type
 
         self.samples, self.collate, self.empty_text = self.data, collate, None
-        if d.cache_dir:
-            if self.models.trains_text:
-                raise ConfigError("data.cache_dir needs a frozen text encoder: set train.train_text_encoder: false")
+        if d.cache_dir:  # with a text encoder that learns, only the latents are used (captions encoded live)
             source = os.path.abspath(d.shards or d.csv or d.images or d.videos)
             cache = LatentCache(d.cache_dir, self.data, base_path(cfg), source)
             bar = (lambda xs: tqdm(xs, desc="caching latents", disable=not self.is_main)) if self.is_main else None
@@ -233,11 +239,12 @@ class Trainer:
             with text_grad:
                 context = self.context(batch, captions, drop)
             pred = self.module(x_t, steps.to(self.device), context)
-        return F.mse_loss(pred.float(), target.float())
+        per_sample = (pred.float() - target.float()).square().mean(dim=(1, 2, 3, 4))
+        return (per_sample * loss_weights(a.flatten(), t.snr_gamma, self.prediction_type)).mean()
 
     def context(self, batch: dict, captions: list[str], drop: list[bool]) -> torch.Tensor:
         """Text hidden states [B, 77 * chunks, D]: from the cache, or from the text encoder."""
-        if "text" not in batch:
+        if "text" not in batch or self.models.trains_text:
             ids, _ = prompt_ids(self.models.tokenizer, captions)
             return encode_ids(self.models.text_encoder, ids, len(captions))
         texts = [self.empty_text if d else t.to(self.device) for t, d in zip(batch["text"], drop)]
