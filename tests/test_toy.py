@@ -3,6 +3,7 @@ end to end through the real trainer, and the shipped model family."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,35 @@ def test_default_names_unknown_words():
     with pytest.warns(UserWarning, match="does not know 'dragon'.*--model"):
         AnimateDiff.default(device="cpu")("a red dragon on a blue background", frames=2, steps=2, seed=0,
                                           progress=False)  # fmt: skip
+
+
+def test_targets_are_judged_from_the_rows():
+    """The targets table reads the rows' summaries: a family that reaches every target is 'met' seven
+    times; each shortfall turns its own line to 'not met'."""
+    from animatediff.toy.evaluate import SETTINGS, _targets
+
+    still = {"adherence": 0.6, "consistency": 0.6, "flicker": 15.0, "moving": 0.7, "displacement": 6.0,
+             "outlined": 0.2, "watermark": 0.0, "lora hit": math.nan}  # fmt: skip
+    good = {s.name: {**still, "adherence": 0.97, "consistency": 0.98, "flicker": 3.0, "moving": 0.95,
+                     "displacement": 8.0} for s in SETTINGS}  # fmt: skip
+    good["base, frame by frame"] = still
+    good["outlined, frame by frame"] = {**still, "outlined": 0.9}
+    good["outlined + motion module"] = {**good["outlined + motion module"], "outlined": 0.92}
+    good["+ MotionLoRA pan right"] = {**good["+ MotionLoRA pan right"], "lora hit": 0.95}
+    good["+ MotionLoRA zoom in"] = {**good["+ MotionLoRA zoom in"], "lora hit": 0.9}
+    good["conv1d motion module (ablation)"] = {**good["conv1d motion module (ablation)"], "displacement": 2.0}
+    good["+ domain adapter at scale 1"] = {**good["+ domain adapter at scale 1"], "watermark": 0.8}
+    assert [t.measure(good)[1] for t in _targets()] == [True] * 7
+    worse = {
+        0: ("base + motion module", "adherence", 0.9),
+        2: ("outlined + motion module", "outlined", 0.5),
+        3: ("+ MotionLoRA pan right", "lora hit", 0.85),
+        5: ("conv1d motion module (ablation)", "displacement", 6.0),
+        6: ("base + motion module", "watermark", 0.2),
+    }
+    for i, (row, key, value) in worse.items():
+        changed = {**good, row: {**good[row], key: value}}
+        assert [t.measure(changed)[1] for t in _targets()].index(False) == i, (row, key)
 
 
 def test_evaluation_runs_every_setting():
