@@ -238,12 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the embedded toy model is not trained yet: run `animatediff toy train` first")
         return 2
     rows = evaluate(n, seeds, args.steps, gif_dir=args.gifs)
-    text = table(rows) + "\n" + targets(rows)
+    text = report(rows, n, len(seeds), args.steps)
     print(text)
     if args.write:
-        how = (f"Measured on the shipped family: {n} prompts x {len(seeds)} seeds per row, 16 frames "
-               f"{world.SIZE}x{world.SIZE}, {args.steps} DDIM steps, CFG 7.5, on the CPU (float32). Each GIF is the "
-               f"first prompt (*\"{prompts(1)[0]}\"*), seed 0.")  # fmt: skip
-        args.write.write_text(f"# Toy-world evaluation\n\n`animatediff toy eval --prompts {n} --seeds {len(seeds)}`"
-                              f"\n\n{how}\n\n{text}")  # fmt: skip
+        args.write.write_text(text)
     return 0
+
+
+def report(rows: list[Row], n_prompts: int, n_seeds: int, steps: int) -> str:
+    """The markdown page `--write` saves: how it was measured, the table, the targets."""
+    how = (f"Measured on the shipped family: {n_prompts} prompts x {n_seeds} seeds per row, 16 frames "
+           f"{world.SIZE}x{world.SIZE}, {steps} DDIM steps, CFG 7.5, on the CPU (float32). Each GIF is the first "
+           f"prompt (*\"{prompts(1)[0]}\"*), seed 0.")  # fmt: skip
+    return (f"# Toy-world evaluation\n\n`animatediff toy eval --prompts {n_prompts} --seeds {n_seeds}`\n\n{how}\n\n"
+            f"{table(rows)}\n{targets(rows)}")  # fmt: skip
