@@ -111,6 +111,14 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
+def test_toy_train_errors_are_one_line_too(tmp_path):
+    r = cli("toy", "train", "--work", str(tmp_path / "w"), "--only", "conv1d", "--no-install", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no trained family in {tmp_path / 'w'} yet: train " \
+        "without --only first", r.stderr  # fmt: skip
+    r = cli("toy", "train", "--work", str(tmp_path / "w"), "--only", "conv1d", "--debug", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
 def test_interrupt_leaves_no_file(tmp_path, files):
     out = tmp_path / "never.mp4"
     proc = subprocess.Popen(

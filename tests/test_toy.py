@@ -73,6 +73,19 @@ def test_every_stage_of_the_family_trains(tmp_path):
     install_files({k: Path(v) for k, v in out["files"].items()}, tmp_path / "pkg")
     assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == sorted(FILES.values())
 
+    # `only`: that stage is trained again from scratch, the others are left exactly as they were
+    stamps = lambda: {k: Path(v).stat().st_mtime_ns for k, v in out["files"].items()}  # noqa: E731
+    before = stamps()
+    again = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, only=("zoom_in",))
+    after = stamps()
+    assert [k for k in FILES if after[k] != before[k]] == ["zoom_in"] and "zoom_in" in again["times"]
+    assert set(again["times"]) == {"datasets", "zoom_in"}
+    with pytest.raises(ValueError, match="unknown stage"):
+        train_family(tmp_path / "work", QUICK, install=False, only=("zoom",))
+    with pytest.raises(FileNotFoundError, match="train without --only first"):
+        train_family(tmp_path / "empty", QUICK, install=False, log=lambda *_: None, only=("conv1d",))
+    assert not (tmp_path / "empty" / "data").exists()  # refused before writing anything
+
 
 @pytest.mark.parametrize("kind", ["pan right", "zoom in", "left", "growing"])
 def test_rendered_motions_are_what_the_detector_reads(kind):

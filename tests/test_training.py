@@ -358,6 +358,19 @@ def test_min_snr_weights_the_trainers_loss_and_bad_gamma_is_refused(world, tmp_p
         validate_raw(config(world, tmp_path / "bad", "motion", train={"snr_gamma": 0}))
 
 
+def test_training_timesteps_stay_in_the_configured_range(world, tmp_path):
+    raw = config(world, tmp_path, "motion_lora", train={"steps": 3, "batch_size": 4, "min_timestep": 900,
+                                                         "max_timestep": 950})  # fmt: skip
+    trainer = Trainer(validate_raw(raw), resume="none")
+    seen = []
+    trainer.module.register_forward_pre_hook(lambda _, args: seen.append(args[1].clone()))
+    trainer.run()
+    steps = torch.cat(seen)
+    assert len(steps) == 12 and steps.min() >= 900 and steps.max() < 950 and len(set(steps.tolist())) > 3
+    with pytest.raises(ConfigError, match="min_timestep / max_timestep must satisfy"):
+        validate_raw(config(world, tmp_path / "bad", "motion", train={"min_timestep": 500, "max_timestep": 400}))
+
+
 def test_trained_motion_lora_round_trips_through_diffusers(world, tmp_path):
     """Our trained MotionLoRA, written in diffusers' naming, fused by diffusers' own LoRA loader, gives the
     motion-module weights our loader merges from the original-layout file."""

@@ -12,6 +12,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -185,44 +186,54 @@ def cmd_train(args: argparse.Namespace) -> None:
 VERBS = {"generate": cmd_generate, "run": cmd_run, "info": cmd_info, "train": cmd_train}
 
 
+def _guarded(call: Callable[[], int | None], debug: bool, training: bool = False) -> int:
+    """Run a command; a known error becomes one line and exit status 2 (the traceback only with --debug)."""
+    from .checkpoints import CheckpointError
+
+    errors: tuple[type[Exception], ...] = (CheckpointError, ValueError, OSError, KeyError)
+    if training:
+        from .training.loop import TrainingError
+
+        errors += (TrainingError,)
+    try:
+        return call() or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except errors as e:
+        if debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["shards"]:  # its own parser (python -m animatediff.training.shards)
+    # commands with parsers of their own; --debug is understood anywhere on their line
+    debug, rest = "--debug" in argv, [a for a in argv if a != "--debug"]
+    if rest[:1] == ["shards"]:  # python -m animatediff.training.shards
         from .training.shards import main as shards_main
 
-        return shards_main(argv[1:])
-    if argv[:2] == ["toy", "train"]:
+        return _guarded(lambda: shards_main(rest[1:]), debug)
+    if rest[:2] == ["toy", "train"]:
         from .toy.train import main as toy_train
 
-        return toy_train(argv[2:])
-    if argv[:2] == ["toy", "eval"]:
+        return _guarded(lambda: toy_train(rest[2:]), debug, training=True)
+    if rest[:2] == ["toy", "eval"]:
         from .toy.evaluate import main as toy_eval
 
-        return toy_eval(argv[2:])
+        return _guarded(lambda: toy_eval(rest[2:]), debug)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
     if not args.debug:  # one line per warning, without the source line Python adds
         warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    from .checkpoints import CheckpointError
 
-    errors: tuple[type[Exception], ...] = (CheckpointError, ValueError, OSError, KeyError)
-    if args.verb == "train":
-        from .training.loop import TrainingError
-
-        errors += (TrainingError,)
-    try:
+    def verb() -> None:  # the verbs' return values are not exit statuses
         VERBS[args.verb](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except errors as e:
-        if args.debug:
-            raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+
+    return _guarded(verb, args.debug, training=args.verb == "train")
 
 
 if __name__ == "__main__":

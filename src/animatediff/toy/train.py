@@ -18,6 +18,7 @@ Uses the GPU when there is one.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,7 +53,6 @@ class Budget:
     base_steps: int = 6000
     adapter_steps: int = 800
     motion_steps: int = 1500
-    conv1d_steps: int = 500  # the ablation; a third of the motion module's steps in the shipped run, for time
     personal_steps: int = 600
     style_lora_steps: int = 600
     motion_lora_steps: int = 300
@@ -63,12 +63,12 @@ class Budget:
 
 
 # About 3x the default: the longer recipe, for a machine with time or a GPU.
-LONG = Budget(vae_steps=10000, base_steps=18000, adapter_steps=2400, motion_steps=4500, conv1d_steps=4500,
+LONG = Budget(vae_steps=10000, base_steps=18000, adapter_steps=2400, motion_steps=4500,
               personal_steps=1500, style_lora_steps=1500, motion_lora_steps=900)  # fmt: skip
 
 # Seconds in CI: every stage runs, on a handful of samples.
 QUICK = Budget(images=24, videos=8, style_images=8, lora_clips=4, vae_steps=2, base_steps=2, adapter_steps=2,
-               motion_steps=2, conv1d_steps=2, personal_steps=2, style_lora_steps=2, motion_lora_steps=2, image_batch=4,
+               motion_steps=2, personal_steps=2, style_lora_steps=2, motion_lora_steps=2, image_batch=4,
                video_batch=2, vae_batch=4, workers=0)  # fmt: skip
 
 
@@ -180,8 +180,19 @@ def stage_config(work: Path, name: str, stage: str, model: Path, data: dict, ste
     ))  # fmt: skip
 
 
-def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, install: bool = True, log=print) -> dict:
-    """Run every stage into `work`; with `install`, copy the results into the package (fp16)."""
+STAGES = ("base", "adapter", "motion", "personal", "style_lora", "pan_right", "zoom_in", "conv1d")
+
+
+def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, install: bool = True, log=print,
+                 only: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    """Run every stage into `work`; with `install`, copy the results into the package (fp16).
+
+    `only`: retrain just these stages (from scratch; their earlier output is removed), keeping the
+    others' outputs, which must exist. Stages named in two `only` runs that share nothing can run side
+    by side (e.g. the MotionLoRAs beside the ablation)."""
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -194,6 +205,9 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
         log(f"[{name}] {times[name]:.1f} s")
         return result
 
+    init = work / "init.safetensors"  # the VAE (and the untrained base): every other stage starts from it
+    if only and not init.exists():
+        raise FileNotFoundError(f"no trained family in {work} yet: train without --only first")
     data = work / "data"
     kinds_all = world.MOTIONS
     timed("datasets", lambda: (
@@ -205,7 +219,6 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     ))  # fmt: skip
 
     # The VAE loop keeps no checkpoints: the initial single file holding it is its resume point.
-    init = work / "init.safetensors"
     if not init.exists():
         vae = timed("vae", lambda: train_vae(budget.vae_steps, seed, device, log, budget.vae_batch))
         torch.manual_seed(seed)
@@ -219,10 +232,17 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     probe = {"prompts": ("a large red circle on a blue background", "a small yellow star on a green background"),
              "seeds": (1,), "steps": 25, "frames": 16, "size": world.SIZE,
              "every": max(1000, budget.motion_steps // 2)}  # fmt: skip
+
     def run(name: str, cfg: Config) -> Path:
         """A stage whose output exists is done (rewriting it would also change the file that later
         stages' latent caches were made from); otherwise it runs, resuming from its last checkpoint."""
         done = Path(cfg.output_dir) / OUTPUT_NAMES[cfg.stage]
+        if only and name not in only:
+            if not done.exists():
+                raise FileNotFoundError(f"stage {name} has no output yet ({done}): train without --only first")
+            return done
+        if only:
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)
         return done if done.exists() else timed(name, lambda: Trainer(cfg, resume="auto").run())
 
     # Min-SNR-gamma weighting and a cosine decay: several times faster to a sharp model from scratch
@@ -251,16 +271,16 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
                           seed, motion_module=str(motion), adapter=str(adapter),
                           train={**lora_train, "batch_size": budget.video_batch}))  # fmt: skip
 
-    # last: the ablation is the one file no other stage needs
-    # (no latent cache: for fewer steps than the data set has clips, encoding them as they come is cheaper)
-    uncached = {k: v for k, v in videos.items() if k != "cache_dir"}
-    conv1d = run("conv1d", stage_config(work, "conv1d", "motion", base, uncached, budget.conv1d_steps, budget, seed,
+    # last: the ablation is the one file no other stage needs; same data, steps and recipe as the motion module
+    conv1d = run("conv1d", stage_config(work, "conv1d", "motion", base, videos, budget.motion_steps, budget, seed,
                  motion_preset="toy_conv1d", adapter=str(adapter), train=motion_train))  # fmt: skip
 
     results = {"base": base, "motion": motion, "motion_conv1d": conv1d, "adapter": adapter, "personal": personal,
                "style_lora": style, "pan_right": loras["pan_right"], "zoom_in": loras["zoom_in"]}  # fmt: skip
-    (work / "times.json").write_text(json.dumps({"device": str(device), "seconds": times, "budget": budget.__dict__},
-                                                indent=1))  # fmt: skip
+    log_file = work / "times.json"  # merged: a stage that was kept keeps the time it took when it ran
+    earlier = json.loads(log_file.read_text())["seconds"] if log_file.exists() else {}
+    log_file.write_text(json.dumps({"device": str(device), "seconds": {**earlier, **times}, "budget": budget.__dict__},
+                                   indent=1))  # fmt: skip
     if install:
         install_files(results)
     return {"times": times, "files": {k: str(v) for k, v in results.items()}}
@@ -287,10 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--long", action="store_true", help="about 3x the default steps (hours on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-install", action="store_true", help="leave the package's embedded files alone")
+    ap.add_argument(
+        "--only",
+        default="",
+        metavar="STAGE,...",
+        help=f"retrain just these stages, keeping the others' outputs ({', '.join(STAGES)})",
+    )
     args = ap.parse_args(argv)
     budget = QUICK if args.quick else LONG if args.long else Budget()
-    out = train_family(args.work, budget, args.seed, install=not args.no_install)
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        ap.error(f"unknown stage(s) for --only: {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    out = train_family(args.work, budget, args.seed, install=not args.no_install, only=only)
     print(json.dumps(out["times"], indent=1))
     return 0
-
-

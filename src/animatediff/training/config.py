@@ -74,6 +74,10 @@ class TrainConfig:
     beta_schedule: Literal["linear", "scaled_linear"] = "linear"
     # Min-SNR-gamma loss weighting (Hang et al. 2023): converges several times faster from scratch; None = plain MSE
     snr_gamma: float | None = None
+    # Train on timesteps [min_timestep, max_timestep) only (kohya's options of the same names). The layout
+    # and the motion of a clip are settled at high noise: a MotionLoRA learns its motion there.
+    min_timestep: int = 0
+    max_timestep: int = 1000
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,9 @@ def validate(cfg: Config, path: str | Path = "config") -> Config:
         problems.append(f"train.batch_size {t.batch_size} is not divisible by grad_accum {t.grad_accum}")
     if t.snr_gamma is not None and t.snr_gamma <= 0:
         problems.append(f"train.snr_gamma must be positive (5 is the paper's choice), got {t.snr_gamma}")
+    if not 0 <= t.min_timestep < t.max_timestep <= 1000:
+        problems.append(f"train.min_timestep / max_timestep must satisfy 0 <= min < max <= 1000 (the training "
+                        f"timesteps), got {t.min_timestep} / {t.max_timestep}")  # fmt: skip
     if d.size % 8 or d.frames < 1 or d.stride < 1:
         problems.append("data.size must be a multiple of 8; frames and stride at least 1")
     if problems:

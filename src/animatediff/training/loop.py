@@ -225,7 +225,8 @@ class Trainer:
             eps = torch.stack([torch.randn(frames, *mean.shape[1:], generator=g) for g in gens]).flatten(0, 1)
             x0 = (mean + std * eps.to(self.device)) * m.vae.config.scaling_factor
             x0 = x0.unflatten(0, (b, frames)).transpose(1, 2).contiguous()  # [B, 4, F, h, w]
-        steps = torch.tensor([int(torch.randint(0, len(self.alphas), (), generator=g)) for g in gens])
+        lo, hi = t.min_timestep, min(t.max_timestep, len(self.alphas))
+        steps = torch.tensor([int(torch.randint(lo, hi, (), generator=g)) for g in gens])
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(self.device)
         drop = [float(torch.rand((), generator=g)) < self.cfg.data.caption_dropout for g in gens]
         captions = ["" if d else c for c, d in zip(batch["caption"], drop)]
