@@ -74,8 +74,8 @@ class TrainConfig:
     beta_schedule: Literal["linear", "scaled_linear"] = "linear"
     # Min-SNR-gamma loss weighting (Hang et al. 2023): converges several times faster from scratch; None = plain MSE
     snr_gamma: float | None = None
-    # Train on timesteps [min_timestep, max_timestep) only (kohya's options of the same names). The layout
-    # and the motion of a clip are settled at high noise: a MotionLoRA learns its motion there.
+    # Train on timesteps [min_timestep, max_timestep) only (kohya's options of the same names), e.g. to
+    # spend a fine-tune on the high-noise steps where layout and motion are settled.
     min_timestep: int = 0
     max_timestep: int = 1000
 
