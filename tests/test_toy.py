@@ -78,8 +78,8 @@ def test_every_stage_of_the_family_trains(tmp_path):
     before = stamps()
     again = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, only=("zoom_in",))
     after = stamps()
-    assert [k for k in FILES if after[k] != before[k]] == ["zoom_in"] and "zoom_in" in again["times"]
-    assert set(again["times"]) == {"datasets", "zoom_in"}
+    assert [k for k in FILES if after[k] != before[k]] == ["zoom_in"]
+    assert set(again["times"]) == {"datasets", "zoom_in"}  # the kept stages did not run
     with pytest.raises(ValueError, match="unknown stage"):
         train_family(tmp_path / "work", QUICK, install=False, only=("zoom",))
     with pytest.raises(FileNotFoundError, match="train without --only first"):
