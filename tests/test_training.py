@@ -22,6 +22,7 @@ from animatediff.checkpoints.export import save_motion_module, save_sd15
 from animatediff.models.clip import CLIPTextModel
 from animatediff.models.unet import UNet3D
 from animatediff.models.vae import AutoencoderKL
+from animatediff.prompts import encode_ids, prompt_ids
 from animatediff.training.config import Config, ConfigError, load_config
 from animatediff.training.loop import Trainer
 from conftest import TINY_MOTION, TINY_TEXT, TINY_UNET, TINY_VAE
@@ -299,6 +300,81 @@ def test_latent_cache_trains_like_the_uncached_run(world, tmp_path):
     other = config(world, tmp_path / "other", "motion", data={"cache_dir": str(tmp_path / "cache"), "size": 64})
     with pytest.raises(ValueError, match="cache made from other data"):
         Trainer(validate_raw(other), resume="none")
+
+
+def _variant(path: Path, text_seed: int | None = None, perturb: str | None = None) -> Path:
+    """The world's base (same seed, same weights) with a fresh text encoder, or one VAE part nudged."""
+    torch.manual_seed(0)
+    unet, vae, text = UNet3D(TINY_UNET), AutoencoderKL(TINY_VAE), CLIPTextModel(TINY_TEXT)
+    if text_seed is not None:
+        torch.manual_seed(text_seed)
+        text = CLIPTextModel(TINY_TEXT)
+    if perturb:
+        with torch.no_grad():
+            next(getattr(vae, perturb).parameters()).add_(0.01)
+    save_sd15(path, unet, vae, text)
+    return path
+
+
+def test_latent_cache_is_keyed_on_the_vae_encoder_and_text_encoder_weights(world, tmp_path, monkeypatch):
+    """A base with another text encoder but the same VAE reuses the latents and encodes only the captions
+    again (and trains as uncached); another decoder changes nothing; another encoder is refused."""
+    cache = {"cache_dir": str(tmp_path / "cache")}
+    same, base = (safetensors.torch.load_file(f) for f in (_variant(tmp_path / "same.safetensors"), world["base"]))
+    assert same.keys() == base.keys() and all(torch.equal(same[k], base[k]) for k in base)
+    Trainer(validate_raw(config(world, tmp_path / "a", "motion", train={"steps": 2}, data=cache)), resume="none").run()
+    means = {f.name: safetensors.torch.load_file(f)["mean"] for f in (tmp_path / "cache").glob("0*.safetensors")}
+
+    other_text = _variant(tmp_path / "text.safetensors", text_seed=7)
+    plain = config(world, tmp_path / "plain", "motion", model=str(other_text), train={"steps": 3})
+    expected = safetensors.torch.load_file(Trainer(validate_raw(plain), resume="none").run())
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cached latents were encoded again")
+
+    monkeypatch.setattr(AutoencoderKL, "encode", no_encoding)
+    cached = config(world, tmp_path / "b", "motion", model=str(other_text), train={"steps": 3}, data=cache)
+    got = safetensors.torch.load_file(Trainer(validate_raw(cached), resume="none").run())
+    assert all(torch.allclose(expected[k], got[k], atol=1e-5) for k in expected)
+    for name, mean in means.items():
+        entry = safetensors.torch.load_file(tmp_path / "cache" / name)
+        assert torch.equal(entry["mean"], mean)
+    decoder = _variant(tmp_path / "decoder.safetensors", text_seed=7, perturb="decoder")
+    Trainer(validate_raw(config(world, tmp_path / "c", "motion", model=str(decoder), data=cache)), resume="none")
+    monkeypatch.undo()
+    encoder = _variant(tmp_path / "encoder.safetensors", text_seed=7, perturb="encoder")
+    with pytest.raises(ValueError, match="cache made from other data or another VAE"):
+        Trainer(validate_raw(config(world, tmp_path / "d", "motion", model=str(encoder), data=cache)), resume="none")
+
+
+def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(world, tmp_path, monkeypatch):
+    import animatediff.training.loop as loop
+
+    def dies_after_two(items, **kwargs):
+        for n, item in enumerate(items):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    cache = tmp_path / "cache"
+    run = lambda model, out: Trainer(validate_raw(config(world, tmp_path / out, "motion", model=str(model),  # noqa: E731
+                                                         data={"cache_dir": str(cache)})), resume="none")  # fmt: skip
+    monkeypatch.setattr(loop, "tqdm", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(world["base"], "a")
+    monkeypatch.undo()
+    assert len(list(cache.glob("0*.safetensors"))) == 2
+    with pytest.raises(ValueError, match="another VAE"):  # the half-built cache knows its VAE already
+        run(_variant(tmp_path / "encoder.safetensors", perturb="encoder"), "b")
+    other_text = _variant(tmp_path / "text.safetensors", text_seed=7)
+    trainer = run(other_text, "c")
+    entries = [trainer.samples[i]["text"] for i in range(len(trainer.samples))]
+    fresh = run(other_text, "d").models.text_encoder
+    assert all(torch.equal(e, encode_ids(fresh, prompt_ids(trainer.models.tokenizer, [c])[0], 1)[0])
+               for e, c in zip(entries, (trainer.samples[i]["caption"] for i in range(len(entries)))))  # fmt: skip
+    (cache / "cache.json").write_text('{"fingerprint": "0123"}')
+    with pytest.raises(ValueError, match="older animatediff"):
+        run(other_text, "e")
 
 
 def test_latent_cache_serves_an_image_stage_that_trains_the_text_encoder(world, tmp_path):

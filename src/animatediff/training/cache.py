@@ -3,9 +3,13 @@
 With a frozen VAE and text encoder their outputs for a sample never change, so they are computed
 once per sample (the clip chosen for epoch 0: no augmentation across epochs) and stored as one
 safetensors file per sample. Training then samples the latent from the stored posterior (mean, std)
-with that step's seeded noise, exactly as without the cache. The cache remembers what it was made
-from (model file, data settings); using it with anything else is refused. When the text encoder
-learns (a base trained from scratch), the stored text is ignored and captions are encoded live.
+with that step's seeded noise, exactly as without the cache.
+
+The cache remembers what it was made from, by value: the data settings, the VAE encoder's weights and
+the text encoder's weights. Other data or another VAE encoder is refused; another text encoder (a
+retrained base, another checkpoint with the same VAE, as most SD1.5 models are) only re-encodes the
+captions, keeping the latents, the costly part. When the text encoder learns (a base trained from
+scratch), the stored text is ignored and captions are encoded live.
 """
 
 from __future__ import annotations
@@ -22,48 +26,85 @@ from ..prompts import encode_ids, prompt_ids
 from .data import ClipDataset, DataError
 
 
-def fingerprint(model: str, data: ClipDataset, source: str) -> str:
-    stat = os.stat(model) if os.path.isfile(model) else None
-    parts = [os.path.abspath(model), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0, source,
-             data.frames, data.stride, data.size, data.seed, data.image, len(data)]  # fmt: skip
+def fingerprint(data: ClipDataset, source: str) -> str:
+    parts = [source, data.frames, data.stride, data.size, data.seed, data.image, len(data)]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """The modules' tensors by value (names, dtypes, shapes, bytes): equal digests, equal outputs."""
+    h = hashlib.sha256()
+    for i, module in enumerate(modules):
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{i}.{name}:{t.dtype}:{t.numel()}".encode())
+            h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def vae_encoder_digest(vae) -> str:
+    # only what encode() runs: VAEs that differ in the decoder alone (sd-vae-ft-mse vs the original
+    # kl-f8) give the same latents
+    return weights_digest(vae.encoder, vae.quant_conv)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)  # other processes read it: never half-written
 
 
 class LatentCache(torch.utils.data.Dataset):
     """Cached samples: `mean`, `std` [F, 4, h, w], `text` [77 * chunks, D], `caption`."""
 
-    def __init__(self, root: str | os.PathLike, data: ClipDataset, model_path: str, source: str = ""):
+    def __init__(self, root: str | os.PathLike, data: ClipDataset, source: str = ""):
         """`source` names the data (its folder, CSV or shards) for the fingerprint."""
         self.root, self.data = Path(root), data
-        self.key = fingerprint(model_path, data, source)
-        meta = self.root / "cache.json"
-        if meta.exists():
-            made = json.loads(meta.read_text()).get("fingerprint")
-            if made != self.key:
-                raise DataError(f"{self.root} holds a cache made from other data or another model; "
-                                "delete it or choose another data.cache_dir")  # fmt: skip
+        self.key = fingerprint(data, source)
 
     def path(self, index: int) -> Path:
         return self.root / f"{index:09d}.safetensors"
 
     @torch.no_grad()
-    def build(self, vae, text_encoder, tokenizer, rank: int = 0, world: int = 1, progress=None) -> None:
-        """Compute the missing entries; process r does indices r, r + world, ... (then all wait)."""
+    def build(self, vae, text_encoder, tokenizer, rank: int = 0, world: int = 1, progress=None,
+              need_text: bool = True) -> None:  # fmt: skip
+        """Compute the missing entries; process r does indices r, r + world, ... (then all wait).
+        With `need_text`, captions that another text encoder encoded are encoded again."""
+        meta = self.root / "cache.json"
+        made = json.loads(meta.read_text()) if meta.exists() else {}
+        vae_key = vae_encoder_digest(vae)
+        if "fingerprint" in made:  # older caches recorded the model file, not its weights
+            raise DataError(f"{self.root} holds a cache from an older animatediff that did not record its VAE; "
+                            "delete it (it is rebuilt on the next run)")  # fmt: skip
+        if made and (made.get("data"), made.get("vae")) != (self.key, vae_key):
+            raise DataError(f"{self.root} holds a cache made from other data or another VAE; "
+                            "delete it or choose another data.cache_dir")  # fmt: skip
+        text_key = weights_digest(text_encoder)
+        stale_text = need_text and made.get("text") != text_key
         self.root.mkdir(parents=True, exist_ok=True)
-        device = next(vae.parameters()).device
         self.data.set_epoch(0)
-        todo = [i for i in range(rank, len(self.data), world) if not self.path(i).exists()]
+        todo = [i for i in range(rank, len(self.data), world) if stale_text or not self.path(i).exists()]
+        # written before any entry, so that an interrupted build is checked too; its text counts as stale
+        if rank == 0 and todo:
+            _write_json(meta, {"data": self.key, "vae": vae_key, "text": None})
+        device = next(vae.parameters()).device
+        encode = lambda caption: encode_ids(text_encoder, prompt_ids(tokenizer, [caption])[0], 1)[0].cpu()  # noqa: E731
         for i in progress(todo) if progress else todo:
-            sample = self.data[i]
-            post = vae.encode(sample["pixels"].to(device), chunk=8)
-            ids, _ = prompt_ids(tokenizer, [sample["caption"]])
-            text = encode_ids(text_encoder, ids, 1)[0]
-            save_file({"mean": post.mean.cpu(), "std": post.std.cpu(), "text": text.cpu()}, self.path(i),
-                      {"caption": sample["caption"], "skipped": str(sample["skipped"])})  # fmt: skip
+            if self.path(i).exists():  # only the text is stale: the latents stay
+                f = CheckpointFile(self.path(i))
+                entry, info = {"mean": f.get("mean"), "std": f.get("std")}, f.metadata
+            else:
+                sample = self.data[i]
+                post = vae.encode(sample["pixels"].to(device), chunk=8)
+                entry = {"mean": post.mean.cpu(), "std": post.std.cpu()}
+                info = {"caption": sample["caption"], "skipped": str(sample["skipped"])}
+            save_file({**entry, "text": encode(info["caption"])}, self.path(i), info)
         if rank == 0:
-            empty = encode_ids(text_encoder, prompt_ids(tokenizer, [""])[0], 1)[0]
-            save_file({"text": empty.cpu()}, self.root / "empty.safetensors")
-            (self.root / "cache.json").write_text(json.dumps({"fingerprint": self.key, "samples": len(self.data)}))
+            fresh = stale_text or not made  # every stored caption now comes from this text encoder
+            if fresh:
+                save_file({"text": encode("")}, self.root / "empty.safetensors")
+            text = text_key if fresh else made.get("text")
+            _write_json(meta, {"data": self.key, "vae": vae_key, "text": text, "samples": len(self.data)})
 
     def empty_text(self) -> torch.Tensor:
         return CheckpointFile(self.root / "empty.safetensors").get("text")

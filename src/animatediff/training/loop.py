@@ -29,7 +29,7 @@ from . import checkpoint
 from .cache import LatentCache, collate_cached
 from .config import Config, ConfigError, load_config
 from .data import ClipDataset, DataError, batches_from, collate, make_source
-from .stages import StageModels, base_path, build_stage, check_output_dir, export
+from .stages import StageModels, build_stage, check_output_dir, export
 
 
 class TrainingError(RuntimeError):
@@ -101,9 +101,10 @@ class Trainer:
         self.samples, self.collate, self.empty_text = self.data, collate, None
         if d.cache_dir:  # with a text encoder that learns, only the latents are used (captions encoded live)
             source = os.path.abspath(d.shards or d.csv or d.images or d.videos)
-            cache = LatentCache(d.cache_dir, self.data, base_path(cfg), source)
+            cache = LatentCache(d.cache_dir, self.data, source)
             bar = (lambda xs: tqdm(xs, desc="caching latents", disable=not self.is_main)) if self.is_main else None
-            cache.build(self.models.vae, self.models.text_encoder, self.models.tokenizer, self.rank, self.world, bar)
+            m = self.models
+            cache.build(m.vae, m.text_encoder, m.tokenizer, self.rank, self.world, bar, need_text=not m.trains_text)
             if self.world > 1:
                 dist.barrier()
             self.samples, self.collate, self.empty_text = cache, collate_cached, cache.empty_text().to(self.device)
