@@ -302,6 +302,19 @@ def test_latent_cache_trains_like_the_uncached_run(world, tmp_path):
         Trainer(validate_raw(other), resume="none")
 
 
+def test_latent_cache_notices_data_rewritten_under_the_same_names(world, tmp_path):
+    import shutil
+
+    clips = shutil.copytree(world["clips"], tmp_path / "clips")
+    raw = config(world, tmp_path, "motion", data={"videos": str(clips), "cache_dir": str(tmp_path / "cache")})
+    Trainer(validate_raw(raw), resume="none")
+    Trainer(validate_raw(raw), resume="none")  # the same data: the cache serves
+    caption = sorted(clips.glob("*.txt"))[0]
+    caption.write_text(caption.read_text() + " slowly")
+    with pytest.raises(ValueError, match="cache made from other data"):
+        Trainer(validate_raw(raw), resume="none")
+
+
 def _variant(path: Path, text_seed: int | None = None, perturb: str | None = None) -> Path:
     """The world's base (same seed, same weights) with a fresh text encoder, or one VAE part nudged."""
     torch.manual_seed(0)

@@ -23,12 +23,29 @@ import torch
 
 from ..checkpoints.io import CheckpointFile, save_file
 from ..prompts import encode_ids, prompt_ids
-from .data import ClipDataset, DataError
+from .data import ClipDataset, DataError, WebVidCSV
+from .shards import ShardSet
 
 
 def fingerprint(data: ClipDataset, source: str) -> str:
     parts = [source, data.frames, data.stride, data.size, data.seed, data.image, len(data)]
+    parts.append(files_signature(data.source))
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def files_signature(source) -> list:
+    """Size and modification time of the files the samples come from, so that data rewritten under the
+    same names is noticed: every file of a folder (a stat each), the CSV or the shards (a few files; a
+    CSV's videos are trusted to stay, as a stat per row of millions would be slow)."""
+    if isinstance(source, ShardSet):
+        files = list(source.shards)
+    elif isinstance(source, WebVidCSV):
+        files = [source.csv_path]
+    else:
+        media = [source.root / name for name in source.names]
+        files = media + [f for f in (m.with_suffix(".txt") for m in media) if f.exists()]
+    stats = [os.stat(f) for f in files]
+    return [len(files), hashlib.sha256(repr([(s.st_size, s.st_mtime_ns) for s in stats]).encode()).hexdigest()[:16]]
 
 
 def weights_digest(*modules: torch.nn.Module) -> str:

@@ -172,7 +172,8 @@ class WebVidCSV:
     """
 
     def __init__(self, csv_path: str | os.PathLike, video_folder: str | os.PathLike):
-        csv_path, self.folder = Path(csv_path), Path(video_folder)
+        self.csv_path = csv_path = Path(csv_path)
+        self.folder = Path(video_folder)
         if not self.folder.is_dir():
             raise DataError(f"{self.folder}: no such folder (the videos of {csv_path})")
         present = {e.name for e in os.scandir(self.folder)}  # one listing, not a stat per row of millions
