@@ -60,10 +60,32 @@ def test_dataset_writer_feeds_the_trainer(tmp_path):
     before = (images / "000000.png").stat().st_mtime_ns
     dataset.write_images(tmp_path / "images", 6, seed=1)  # already complete: nothing rewritten
     assert (images / "000000.png").stat().st_mtime_ns == before
+    dataset.write_images(tmp_path / "images", 4, seed=2)  # another set: rewritten, the old one gone
+    assert sorted(p.name for p in images.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    assert (images / "000000.txt").read_text() == dataset.image_sample(2, 0)[1]
 
 
-def test_every_stage_of_the_family_trains(tmp_path):
+def test_scenes_stand_upright_unless_asked_for_any_angle():
+    """Captions never name an orientation: a square's sides are level in the data (a tiny base trained
+    on random angles draws round blobs). The VAE's batches ask for any angle, as rotating clips show."""
+    from animatediff.toy.detect import detect
+
+    rng = np.random.default_rng(0)
+    scenes = [world.sample_scene(rng) for _ in range(50)]
+    assert all(s.angle == 0 for s in scenes)
+    square = next(s for s in scenes if s.shape == "square" and s.texture == "plain")
+    angle = detect(world.render(square)).angle % 90
+    assert min(angle, 90 - angle) < 5
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    turned = [world.sample_scene(a, upright=False) for _ in range(50)]
+    assert len({round(s.angle) for s in turned}) > 30  # any angle, from the same random stream:
+    upright = [world.sample_scene(b) for _ in range(50)]
+    assert [(s.color, s.shape, s.x) for s in turned] == [(s.color, s.shape, s.x) for s in upright]
+
+
+def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     """The whole recipe (`animatediff toy train`) at smoke size: every stage through the real trainer."""
+    from animatediff.toy import train
     from animatediff.toy.train import QUICK, install_files, train_family
 
     out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None)
@@ -85,6 +107,14 @@ def test_every_stage_of_the_family_trains(tmp_path):
     with pytest.raises(FileNotFoundError, match="train without --only first"):
         train_family(tmp_path / "empty", QUICK, install=False, log=lambda *_: None, only=("conv1d",))
     assert not (tmp_path / "empty" / "data").exists()  # refused before writing anything
+
+    # side by side: a run needs only the outputs its stages train on (here: not the motion module's)
+    Path(out["files"]["motion"]).unlink()
+    monkeypatch.setattr(train, "install_files", lambda *_: pytest.fail("the package's files were replaced"))
+    train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, only=("personal",))
+    for only, install in ((("zoom_in",), False), (("personal",), True)):
+        with pytest.raises(FileNotFoundError, match="stage motion has no output yet"):
+            train_family(tmp_path / "work", QUICK, seed=0, install=install, log=lambda *_: None, only=only)
 
 
 @pytest.mark.parametrize("kind", ["pan right", "zoom in", "left", "growing"])

@@ -37,23 +37,32 @@ def video_sample(
     return world.render_video(scene, motion, frames, watermark), world.caption(scene, motion, bool(rng.random() < 0.7))
 
 
-def _done(folder: Path, n: int, suffix: str) -> bool:
-    marker = folder / ".complete"
-    return marker.exists() and marker.read_text() == f"{n}{suffix}"
+def _write(folder: str | os.PathLike, n: int, suffix: str, settings: tuple, write_one) -> Path:
+    """Samples 0..n-1 by `write_one(i, stem)`, unless the folder already holds exactly this set (same
+    count, settings and world version); an earlier set's numbered files go first."""
+    folder = Path(folder)
+    marker, wanted = folder / ".complete", f"{n}{suffix} {settings} world {world.VERSION}"
+    if marker.exists() and marker.read_text() == wanted:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    for old in folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):
+        old.unlink()
+    for i in range(n):
+        write_one(i, folder / f"{i:06d}")
+    marker.write_text(wanted)
+    return folder
 
 
 def write_images(folder: str | os.PathLike, n: int, seed: int, style: str = "filled") -> Path:
     """n captioned still images (skipped if the folder already holds exactly this set)."""
-    folder = Path(folder)
-    if _done(folder, n, ".png"):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+
+    def one(i: int, stem: Path) -> None:
         frame, text = image_sample(seed, i, style)
-        Image.fromarray(frame).save(folder / f"{i:06d}.png")
-        (folder / f"{i:06d}.txt").write_text(text)
-    (folder / ".complete").write_text(f"{n}.png")
-    return folder
+        Image.fromarray(frame).save(stem.with_suffix(".png"))
+        stem.with_suffix(".txt").write_text(text)
+
+    return _write(folder, n, ".png", (seed, style), one)
 
 
 def write_videos(
@@ -61,13 +70,10 @@ def write_videos(
     style: str = "filled", watermark: bool = True,
 ) -> Path:  # fmt: skip
     """n captioned clips, lossless mp4 (skipped if the folder already holds exactly this set)."""
-    folder = Path(folder)
-    if _done(folder, n, ".mp4"):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+
+    def one(i: int, stem: Path) -> None:
         clip, text = video_sample(seed, i, kinds, frames, style, watermark)
-        Video(clip, fps=8).save(folder / f"{i:06d}.mp4", lossless=True)
-        (folder / f"{i:06d}.txt").write_text(text)
-    (folder / ".complete").write_text(f"{n}.mp4")
-    return folder
+        Video(clip, fps=8).save(stem.with_suffix(".mp4"), lossless=True)
+        stem.with_suffix(".txt").write_text(text)
+
+    return _write(folder, n, ".mp4", (seed, kinds, frames, style, watermark), one)

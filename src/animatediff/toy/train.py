@@ -73,16 +73,17 @@ QUICK = Budget(images=24, videos=8, style_images=8, lora_clips=4, vae_steps=2, b
 
 
 def render_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
-    """Frames as the whole family will see them: stills, outlined stills, watermarked video frames."""
+    """Frames as the whole family will see them: stills, outlined stills, watermarked video frames, at
+    any angle (rotating objects turn through them all)."""
     frames = []
     for _ in range(n):
         u = rng.random()
         if u < 0.5:
-            frames.append(world.render(world.sample_scene(rng)))
+            frames.append(world.render(world.sample_scene(rng, upright=False)))
         elif u < 0.7:
-            frames.append(world.render(world.sample_scene(rng, "outlined")))
+            frames.append(world.render(world.sample_scene(rng, "outlined", upright=False)))
         else:
-            scene = world.sample_scene(rng)
+            scene = world.sample_scene(rng, upright=False)
             motion = world.sample_motion(rng, shape=scene.shape)
             args = world.trajectory(scene, motion, 16)[int(rng.integers(16))]
             frames.append(world.render(**args, watermark=True))
@@ -181,6 +182,10 @@ def stage_config(work: Path, name: str, stage: str, model: Path, data: dict, ste
 
 
 STAGES = ("base", "adapter", "motion", "personal", "style_lora", "pan_right", "zoom_in", "conv1d")
+# the stages whose outputs each one trains on (STAGES is their order)
+NEEDS = {"base": (), "adapter": ("base",), "motion": ("base", "adapter"), "personal": ("base",),
+         "style_lora": ("base",), "pan_right": ("base", "adapter", "motion"),
+         "zoom_in": ("base", "adapter", "motion"), "conv1d": ("base", "adapter")}  # fmt: skip
 
 
 def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, install: bool = True, log=print,
@@ -188,8 +193,9 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     """Run every stage into `work`; with `install`, copy the results into the package (fp16).
 
     `only`: retrain just these stages (from scratch; their earlier output is removed), keeping the
-    others' outputs, which must exist. Stages named in two `only` runs that share nothing can run side
-    by side (e.g. the MotionLoRAs beside the ablation)."""
+    others' outputs. Those the named stages train on must exist, and with `install` all of them. Two
+    `only` runs with `install=False` whose stages do not need each other's can run side by side (e.g.
+    the motion module and MotionLoRAs beside the personalised model and the ablation)."""
     unknown = sorted(set(only) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
@@ -238,7 +244,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
         stages' latent caches were made from); otherwise it runs, resuming from its last checkpoint."""
         done = Path(cfg.output_dir) / OUTPUT_NAMES[cfg.stage]
         if only and name not in only:
-            if not done.exists():
+            needed = install or any(name in NEEDS[o] for o in only)
+            if needed and not done.exists():
                 raise FileNotFoundError(f"stage {name} has no output yet ({done}): train without --only first")
             return done
         if only:

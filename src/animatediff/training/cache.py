@@ -120,7 +120,8 @@ class LatentCache(torch.utils.data.Dataset):
             fresh = stale_text or not made  # every stored caption now comes from this text encoder
             if fresh:
                 save_file({"text": encode("")}, self.root / "empty.safetensors")
-            text = text_key if fresh else made.get("text")
+            # kept text plus new entries from this encoder: mixed, so stale (None) for the next run that needs it
+            text = text_key if fresh else None if todo else made.get("text")
             _write_json(meta, {"data": self.key, "vae": vae_key, "text": text, "samples": len(self.data)})
 
     def empty_text(self) -> torch.Tensor:
