@@ -370,8 +370,10 @@ def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(wo
             yield item
 
     cache = tmp_path / "cache"
-    run = lambda model, out: Trainer(validate_raw(config(world, tmp_path / out, "motion", model=str(model),  # noqa: E731
-                                                         data={"cache_dir": str(cache)})), resume="none")  # fmt: skip
+    def run(model, out: str, other: str | None = None) -> Trainer:
+        data = {"cache_dir": other or str(cache), **({"frames": 1} if other else {})}
+        stage = "image" if other else "motion"
+        return Trainer(validate_raw(config(world, tmp_path / out, stage, model=str(model), data=data)), resume="none")
     monkeypatch.setattr(loop, "tqdm", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         run(world["base"], "a")
@@ -385,6 +387,14 @@ def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(wo
     fresh = run(other_text, "d").models.text_encoder
     assert all(torch.equal(e, encode_ids(fresh, prompt_ids(trainer.models.tokenizer, [c])[0], 1)[0])
                for e, c in zip(entries, (trainer.samples[i]["caption"] for i in range(len(entries)))))  # fmt: skip
+    # a base trained from scratch (its text encoder learns) on an interrupted cache: served as well
+    monkeypatch.setattr(loop, "tqdm", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(world["base"], "f", other=str(tmp_path / "cache2"))
+    monkeypatch.undo()
+    image = config(world, tmp_path / "g", "image", train={"train_text_encoder": True, "steps": 1},
+                   data={"frames": 1, "cache_dir": str(tmp_path / "cache2")})  # fmt: skip
+    Trainer(validate_raw(image), resume="none").run()
     (cache / "cache.json").write_text('{"fingerprint": "0123"}')
     with pytest.raises(ValueError, match="older animatediff"):
         run(other_text, "e")

@@ -118,7 +118,7 @@ class LatentCache(torch.utils.data.Dataset):
             save_file({**entry, "text": encode(info["caption"])}, self.path(i), info)
         if rank == 0:
             fresh = stale_text or not made  # every stored caption now comes from this text encoder
-            if fresh:
+            if fresh or not (self.root / "empty.safetensors").exists():  # (an interrupted build lacks it)
                 save_file({"text": encode("")}, self.root / "empty.safetensors")
             # kept text plus new entries from this encoder: mixed, so stale (None) for the next run that needs it
             text = text_key if fresh else None if todo else made.get("text")
