@@ -272,8 +272,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     style = run("style_lora", stage_config(work, "style_lora", "image_lora", base, outlined, budget.style_lora_steps,
                 budget, seed, train=lora_train))  # fmt: skip
     loras = {}
-    # only the high-noise steps, where the motion is settled: on all of them a MotionLoRA learns what its 50
-    # clips look like, not which way they move (pan right, world v1: 31% of videos vs 12%)
+    # only the high-noise steps, where layout and motion are settled (pan right on world v1's family: 31% of
+    # videos vs 12% on every step; docs/toy_world.md)
     motion_lora_train = {**lora_train, "batch_size": budget.video_batch, "min_timestep": 850}
     for name in ("pan_right", "zoom_in"):
         clips = {"videos": str(data / name), "size": world.SIZE, "frames": 16, "stride": 1, "cache_dir": cache(name)}
