@@ -370,10 +370,12 @@ def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(wo
             yield item
 
     cache = tmp_path / "cache"
+
     def run(model, out: str, other: str | None = None) -> Trainer:
         data = {"cache_dir": other or str(cache), **({"frames": 1} if other else {})}
         stage = "image" if other else "motion"
         return Trainer(validate_raw(config(world, tmp_path / out, stage, model=str(model), data=data)), resume="none")
+
     monkeypatch.setattr(loop, "tqdm", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         run(world["base"], "a")
@@ -383,10 +385,10 @@ def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(wo
         run(_variant(tmp_path / "encoder.safetensors", perturb="encoder"), "b")
     other_text = _variant(tmp_path / "text.safetensors", text_seed=7)
     trainer = run(other_text, "c")
-    entries = [trainer.samples[i]["text"] for i in range(len(trainer.samples))]
-    fresh = run(other_text, "d").models.text_encoder
-    assert all(torch.equal(e, encode_ids(fresh, prompt_ids(trainer.models.tokenizer, [c])[0], 1)[0])
-               for e, c in zip(entries, (trainer.samples[i]["caption"] for i in range(len(entries)))))  # fmt: skip
+    m = trainer.models  # every stored caption, the two from the interrupted build too, is this encoder's
+    for entry in (trainer.samples[i] for i in range(len(trainer.samples))):
+        ids = prompt_ids(m.tokenizer, [entry["caption"]])[0]
+        assert torch.equal(entry["text"], encode_ids(m.text_encoder, ids, 1)[0])
     # a base trained from scratch (its text encoder learns) on an interrupted cache: served as well
     monkeypatch.setattr(loop, "tqdm", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
