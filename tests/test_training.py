@@ -539,3 +539,25 @@ def test_out_of_memory_is_explained(world, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "loss", oom)
     with pytest.raises(TrainingError, match=r"out of memory with 2 samples per process: lower train\.batch_size"):
         trainer.run()
+
+
+def test_debiased_loss_weighs_motion_over_appearance(world, tmp_path):
+    """MotionDirector's debiasing: an error shared by every frame (the clip's look) shrinks to
+    sqrt(2) - 1 of itself at beta 1, one that alternates between frames grows; the trainer adds it to
+    the plain loss (same samples: a larger logged loss), and only video stages take it."""
+    from animatediff.training.loop import debiased
+
+    shared = torch.ones(2, 4, 8, 3, 3)
+    alternating = shared * torch.tensor([1.0, -1.0] * 4).view(1, 1, 8, 1, 1)
+    anchors = torch.tensor([0, 5])
+    torch.testing.assert_close(debiased(shared, anchors, 1.0), shared * (2**0.5 - 1))
+    assert debiased(alternating, anchors, 1.0).square().mean() > 2 * alternating.square().mean()
+    losses = {}
+    for name, extra in (("plain", {}), ("debiased", {"debias_beta": 1.0})):
+        raw = config(world, tmp_path / name, "motion_lora", train={"steps": 2, "batch_size": 4, **extra})
+        Trainer(validate_raw(raw), resume="none").run()
+        rows = (tmp_path / name / "run" / "metrics.csv").read_text().splitlines()[1:]
+        losses[name] = float(rows[0].split(",")[1])
+    assert losses["debiased"] > 1.2 * losses["plain"]
+    with pytest.raises(ConfigError, match="debias_beta must be positive and is for the motion stages"):
+        validate_raw(config(world, tmp_path / "bad", "image", train={"debias_beta": 1.0}))

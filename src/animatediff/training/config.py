@@ -78,6 +78,10 @@ class TrainConfig:
     # spend a fine-tune on the high-noise steps where layout and motion are settled.
     min_timestep: int = 0
     max_timestep: int = 1000
+    # MotionDirector's appearance-debiased temporal loss (Zhao et al. 2023), its beta: the error is also
+    # taken relative to a random anchor frame's, so what every frame shares (the clip's look) weighs less
+    # than how frames differ (its motion). Video stages only; None: off.
+    debias_beta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ def validate(cfg: Config, path: str | Path = "config") -> Config:
         problems.append(f"train.batch_size {t.batch_size} is not divisible by grad_accum {t.grad_accum}")
     if t.snr_gamma is not None and t.snr_gamma <= 0:
         problems.append(f"train.snr_gamma must be positive (5 is the paper's choice), got {t.snr_gamma}")
+    if t.debias_beta is not None and (t.debias_beta <= 0 or cfg.stage not in ("motion", "motion_lora")):
+        problems.append(f"train.debias_beta must be positive and is for the motion stages (1 is MotionDirector's "
+                        f"choice), got {t.debias_beta} for stage {cfg.stage}")  # fmt: skip
     if not 0 <= t.min_timestep < t.max_timestep <= 1000:
         problems.append(f"train.min_timestep / max_timestep must satisfy 0 <= min < max <= 1000 (the training "
                         f"timesteps), got {t.min_timestep} / {t.max_timestep}")  # fmt: skip
