@@ -3,6 +3,7 @@ a killed run resumes exactly, two processes equal one, and the files come out in
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -400,6 +401,32 @@ def test_an_interrupted_cache_build_is_checked_and_its_captions_encoded_again(wo
     (cache / "cache.json").write_text('{"fingerprint": "0123"}')
     with pytest.raises(ValueError, match="older animatediff"):
         run(other_text, "e")
+
+
+def test_a_cache_topped_up_by_a_learning_text_encoder_is_re_encoded_for_the_next(world, tmp_path):
+    """Entries missing from a cache that encoder A made are filled in by a base trained with encoder
+    B learning (which does not need the stored text): the cache now mixes A's and B's captions, so it
+    records no text encoder, and the next run that reads the text (with A) encodes every caption again."""
+    cache = tmp_path / "cache"
+    data = {"frames": 1, "cache_dir": str(cache)}
+
+    def trainer(model, out: str, **train) -> Trainer:
+        return Trainer(validate_raw(config(world, tmp_path / out, "image", model=str(model), data=data,
+                                           train=train)), resume="none")  # fmt: skip
+
+    trainer(world["base"], "a")
+    made = json.loads((cache / "cache.json").read_text())["text"]
+    entries = sorted(cache.glob("0*.safetensors"))
+    for f in entries[:2]:
+        f.unlink()
+    trainer(_variant(tmp_path / "text.safetensors", text_seed=7), "b", train_text_encoder=True)
+    assert json.loads((cache / "cache.json").read_text())["text"] is None
+    again = trainer(world["base"], "c")
+    assert json.loads((cache / "cache.json").read_text())["text"] == made
+    m = again.models
+    for entry in (again.samples[i] for i in range(len(again.samples))):
+        ids = prompt_ids(m.tokenizer, [entry["caption"]])[0]
+        assert torch.equal(entry["text"], encode_ids(m.text_encoder, ids, 1)[0])
 
 
 def test_latent_cache_serves_an_image_stage_that_trains_the_text_encoder(world, tmp_path):
