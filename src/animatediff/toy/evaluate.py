@@ -148,7 +148,7 @@ def table(rows: list[Row]) -> str:
             v = s[c]
             if math.isnan(v):
                 cells.append("–")
-            elif c in ("flicker", "displacement", "smoothness"):  # jumps: a share of frame steps
+            elif c in ("flicker", "displacement", "smoothness"):
                 cells.append(f"{v:.2f}")
             else:
                 cells.append(f"{100 * v:.0f}%")
