@@ -568,23 +568,34 @@ def test_out_of_memory_is_explained(world, tmp_path, monkeypatch):
         trainer.run()
 
 
-def test_debiased_loss_weighs_motion_over_appearance(world, tmp_path):
+def test_debiased_loss_weighs_motion_over_appearance(world, tmp_path, monkeypatch):
     """MotionDirector's debiasing: an error shared by every frame (the clip's look) shrinks to
-    sqrt(2) - 1 of itself at beta 1, one that alternates between frames grows; the trainer adds it to
-    the plain loss (same samples: a larger logged loss), and only video stages take it."""
-    from animatediff.training.loop import debiased
+    sqrt(2) - 1 of itself at beta 1, one that alternates between frames grows. The trainer adds it to
+    the plain loss on the same samples: the first logged loss is the plain run's plus the mean square
+    of the debiased error it was given, whose plain mean square is the plain run's loss. Only video
+    stages take it."""
+    import animatediff.training.loop as loop
 
     shared = torch.ones(2, 4, 8, 3, 3)
     alternating = shared * torch.tensor([1.0, -1.0] * 4).view(1, 1, 8, 1, 1)
     anchors = torch.tensor([0, 5])
-    torch.testing.assert_close(debiased(shared, anchors, 1.0), shared * (2**0.5 - 1))
-    assert debiased(alternating, anchors, 1.0).square().mean() > 2 * alternating.square().mean()
+    torch.testing.assert_close(loop.debiased(shared, anchors, 1.0), shared * (2**0.5 - 1))
+    # sample 1's anchor (frame 5) is -1: its frame 4 (+1) becomes sqrt(2) + 1
+    torch.testing.assert_close(loop.debiased(alternating, anchors, 1.0)[1, :, 4], (2**0.5 + 1) * shared[1, :, 4])
+
+    seen, original = [], loop.debiased
+    monkeypatch.setattr(loop, "debiased", lambda err, a, beta: seen.append((err, a, beta)) or original(err, a, beta))
     losses = {}
     for name, extra in (("plain", {}), ("debiased", {"debias_beta": 1.0})):
         raw = config(world, tmp_path / name, "motion_lora", train={"steps": 2, "batch_size": 4, **extra})
         Trainer(validate_raw(raw), resume="none").run()
         rows = (tmp_path / name / "run" / "metrics.csv").read_text().splitlines()[1:]
         losses[name] = float(rows[0].split(",")[1])
-    assert losses["debiased"] > 1.2 * losses["plain"]
+    err, a, beta = seen[0]
+    assert len(seen) == 2 and beta == 1.0 and a.shape == (4,) and a.min() >= 0 and a.max() < err.shape[2]
+    plain = err.square().mean().item()
+    extra = original(err, a, beta).square().mean().item()
+    assert plain == pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["debiased"] == pytest.approx(plain + extra, rel=1e-4) and extra > 0.5 * plain
     with pytest.raises(ConfigError, match="debias_beta must be positive and is for the motion stages"):
         validate_raw(config(world, tmp_path / "bad", "image", train={"debias_beta": 1.0}))
