@@ -97,6 +97,28 @@ def test_zoom_on_plain_background_matches():
     assert motion_kind(m) == "growing"
 
 
+def _slide_and_scale(slide: float, ratio: float) -> dict:
+    """Metrics of a medium square (plain background) sliding `slide` px left while its size goes x`ratio`."""
+    scene = world.Scene("red", "square", "medium", "blue", "plain", x=44.0, y=32.0)
+    frames = []
+    for f in np.linspace(0.0, 1.0, 16):
+        frames.append(world.render(replace(scene, x=scene.x - slide * f), scale=ratio**f))
+    return video_metrics(np.stack(frames), scene)
+
+
+def test_a_clip_that_slides_and_changes_size_is_named_by_the_larger_motion():
+    # in the world's units (a unit-speed clip slides 15 px or grows 1.71x), 20 px outweighs a 1.2x drift
+    m = _slide_and_scale(20.0, 1.2)
+    assert 1.15 < m["scale_change"] < 1.3 and m["dx"] < -18, m
+    assert motion_kind(m) == "left" and motion_matches(m, "pan right"), m
+    # ... and a 1.7x growth outweighs a 4 px drift
+    m = _slide_and_scale(4.0, 1.7)
+    assert motion_kind(m) == "growing" and m["moving"], m
+    # a drift under both thresholds is no motion at all
+    m = _slide_and_scale(2.0, 1.1)
+    assert motion_kind(m) == "still" and not m["moving"], m
+
+
 def test_still():
     for seed in range(3):
         scene, frames = _video("still", seed)

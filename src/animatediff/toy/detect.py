@@ -432,9 +432,10 @@ def video_metrics(frames: np.ndarray, prompt_scene: world.Scene | None = None) -
                velocity; ~0.2 of centroid noise for objects that do not translate), jumps (share of steps
                over 6 px)
     motion     dx, dy, displacement (centroid, median of the first / last two frames), scale_change (size
-               last / first), rotation (degrees), y_range, moving; bg_dx (pixels the background texture
-               slid along x: negative for world.py's "pan right") and bg_scale (texture period last / first,
-               > 1 zooming in), both None on plain backgrounds. `motion_kind` names the motion.
+               last / first), rotation (degrees), y_range; bg_dx (pixels the background texture slid along
+               x: negative for world.py's "pan right") and bg_scale (texture period last / first, > 1
+               zooming in), both None on plain backgrounds; moving (`motion_kind`, which names the motion,
+               is not "still").
     """
     frames = np.asarray(frames)
     analysed = [_analyse(f) for f in frames]
@@ -506,10 +507,7 @@ def video_metrics(frames: np.ndarray, prompt_scene: world.Scene | None = None) -
         m["bg_dx"] = float(sum(_shift_x(*maps[i], *maps[i + 1], flips) for i in range(n - 1)))
         c0, c1 = _ends(np.array([_cell(s, v) for s, v in maps]))
         m["bg_scale"] = c1 / c0 if c0 > 0 and c1 > 0 else 1.0
-    m["moving"] = bool(
-        m["displacement"] > 3 or abs(math.log(m["scale_change"])) > 0.15 or abs(m["rotation"]) > 20
-        or (m["bg_dx"] is not None and abs(m["bg_dx"]) > 3)
-        or (m["bg_scale"] is not None and abs(math.log(m["bg_scale"])) > 0.15))  # fmt: skip
+    m["moving"] = motion_kind(m) != "still"
     return m
 
 
@@ -523,6 +521,10 @@ def _rotation(angles: list[float], shape: str | None) -> float:
 
 
 _SCALE = math.log(1.15)
+# how far each motion goes over a 16-frame clip at the world's unit speed (world.trajectory): a slide of
+# 15 px, a size ratio of (1 + 0.2625) / (1 - 0.2625). A clip that both slides and changes size is named
+# by the larger of the two in these units
+_UNIT_SLIDE, _UNIT_SCALE = 15.0, math.log(1.2625 / 0.7375)
 
 
 def motion_kind(m: dict) -> str:
@@ -533,7 +535,9 @@ def motion_kind(m: dict) -> str:
     whose period changes ("zoom ..."), or, on a plain background, an object that drifts away from / toward
     the frame centre as much as its size changes ("zoom ..."). Otherwise the label says what the content
     does: world.py's "pan right" on a plain background is "left" (the scene slides left), and a zoom on a
-    centred object is "growing". `motion_matches` accepts these look-alikes.
+    centred object is "growing". An object that slides and changes size is named by whichever goes
+    further for the world's speed (a 20 px slide with a 1.2x size drift is "left").
+    `motion_matches` accepts the look-alikes.
     """
     bg_dx, bg_scale = m.get("bg_dx"), m.get("bg_scale")
     if bg_scale is not None and abs(math.log(bg_scale)) > _SCALE:
@@ -548,7 +552,8 @@ def motion_kind(m: dict) -> str:
             o1 = np.array([m["x_end"] - c, m["y_end"] - c])
             if np.linalg.norm(o1 - o0 * scale) + 1.0 < np.linalg.norm(o1 - o0):
                 return "zoom in" if scale > 1 else "zoom out"
-        return "growing" if scale > 1 else "shrinking"
+        if abs(math.log(scale)) / _UNIT_SCALE >= m["displacement"] / _UNIT_SLIDE:
+            return "growing" if scale > 1 else "shrinking"
     if m["y_range"] > 5 and abs(m["dy"]) < 0.6 * m["y_range"] and abs(m["dx"]) < 3:
         return "bouncing"
     if m["displacement"] > 3:
