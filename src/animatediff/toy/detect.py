@@ -521,10 +521,11 @@ def _rotation(angles: list[float], shape: str | None) -> float:
 
 
 _SCALE = math.log(1.15)
-# how far each motion goes over a 16-frame clip at the world's unit speed (world.trajectory): a slide of
-# 15 px, a size ratio of (1 + 0.2625) / (1 - 0.2625). A clip that both slides and changes size is named
-# by the larger of the two in these units
-_UNIT_SLIDE, _UNIT_SCALE = 15.0, math.log(1.2625 / 0.7375)
+# how far each motion goes over a 16-frame clip at the world's unit speed (world.trajectory, centred on
+# the middle frame): a 15 px slide, or a size ratio of (1 + 7.5 r) / (1 - 7.5 r) = 1.71x. A clip that both
+# slides and changes size is named by the larger of the two in these units
+_UNIT_SLIDE = 15.0
+_UNIT_SCALE = math.log((1 + 7.5 * world.SCALE_RATE) / (1 - 7.5 * world.SCALE_RATE))
 
 
 def motion_kind(m: dict) -> str:

@@ -37,6 +37,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": 14.0, "medium": 20.0, "large": 26.0}  # object "radius"-like extent in pixels
+SCALE_RATE = 0.035  # growing / shrinking and zoom: size change per frame at speed 1 (a slide: 1 px per frame)
 TEXTURES = ("plain", "striped", "checkered")
 MOTIONS = ("left", "right", "up", "down", "bouncing", "growing", "shrinking", "rotating", "pan left",
            "pan right", "zoom in", "zoom out")  # fmt: skip
@@ -194,7 +195,7 @@ def trajectory(scene: Scene, motion: Motion, frames: int) -> list[dict]:
             height = 2.5 * v * 4
             args["scene"] = replace(scene, y=scene.y - height * abs(math.sin(math.pi * f / (frames / 2))) + height / 2)
         elif motion.kind in ("growing", "shrinking"):
-            rate = 0.035 * v * (1 if motion.kind == "growing" else -1)
+            rate = SCALE_RATE * v * (1 if motion.kind == "growing" else -1)
             args["scale"] = max(0.35, 1 + rate * t)
         elif motion.kind == "rotating":
             args["scene"] = replace(scene, angle=scene.angle + 6 * v * t)
@@ -202,7 +203,7 @@ def trajectory(scene: Scene, motion: Motion, frames: int) -> list[dict]:
             # the camera turns right: the scene slides left across the frame
             args["offset"] = (-v * t if motion.kind == "pan right" else v * t, 0.0)
         elif motion.kind in ("zoom in", "zoom out"):
-            args["zoom"] = max(0.4, 1 + 0.035 * v * t * (1 if motion.kind == "zoom in" else -1))
+            args["zoom"] = max(0.4, 1 + SCALE_RATE * v * t * (1 if motion.kind == "zoom in" else -1))
         out.append(args)
     return out
 
