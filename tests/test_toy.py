@@ -198,6 +198,7 @@ def test_targets_are_judged_from_the_rows():
         (1, "base, frame by frame", {"jumps": 0.0}),  # less consistent, but the module jumps more
         (2, "outlined + motion module", {"outlined": 0.5}),
         (3, "+ MotionLoRA pan right", {"lora hit": 0.85}),
+        (4, "+ MotionLoRA zoom in", {"lora hit": 0.85}),
         (5, "conv1d motion module (ablation)", {"displacement": 6.0}),
         (6, "base + motion module", {"watermark": 0.2}),
     ]
