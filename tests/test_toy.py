@@ -11,6 +11,7 @@ import pytest
 
 from animatediff import Video, load
 from animatediff.toy import dataset, world
+from animatediff.toy.detect import detect
 from animatediff.toy.models import FILES, unknown_words
 from animatediff.training.data import ClipDataset, ImageFolder, VideoFolder
 
@@ -29,6 +30,18 @@ def test_generator_is_deterministic():
     assert a.shape == (16, world.SIZE, world.SIZE, 3) and a.dtype == np.uint8
     image, caption = dataset.image_sample(7, 3)
     assert np.array_equal(image, dataset.image_sample(7, 3)[0]) and caption.startswith("a ")
+
+
+def test_adapter_frames_are_frames_of_the_clips_captioned_as_stills():
+    for i in range(20):
+        clip, text = dataset.video_sample(5, i)
+        frame, still = dataset.frame_sample(5, i)
+        assert any(np.array_equal(frame, f) for f in clip)  # a frame of the same clip, watermark and all
+        assert detect(frame).watermark
+        # the clip's caption with its motion words taken out
+        words, rest = still.split(), iter(text.replace(",", "").split())
+        assert all(w in rest for w in words) and len(words) < len(text.split())
+        assert not {"moving", "camera", "bouncing", "growing", "shrinking", "rotating"} & set(words)
 
 
 def test_captions_name_the_scene():
@@ -68,7 +81,6 @@ def test_dataset_writer_feeds_the_trainer(tmp_path):
 def test_scenes_stand_upright_unless_asked_for_any_angle():
     """Captions never name an orientation: a square's sides are level in the data (a tiny base trained
     on random angles draws round blobs). The VAE's batches ask for any angle, as rotating clips show."""
-    from animatediff.toy.detect import detect
 
     rng = np.random.default_rng(0)
     scenes = [world.sample_scene(rng) for _ in range(50)]
