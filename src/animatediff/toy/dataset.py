@@ -31,10 +31,16 @@ def video_sample(
     seed: int, i: int, kinds: tuple[str, ...] = world.MOTIONS, frames: int = 16, style: str = "filled",
     watermark: bool = True,
 ) -> tuple[np.ndarray, str]:  # fmt: skip
+    _, scene, motion, with_size = _clip(seed, i, kinds, style)
+    return world.render_video(scene, motion, frames, watermark), world.caption(scene, motion, with_size)
+
+
+def _clip(seed: int, i: int, kinds: tuple[str, ...], style: str = "filled"):
+    """The random draws of clip i: (rng, scene, motion, whether its caption names the size)."""
     rng = _rng(seed, i)
     scene = world.sample_scene(rng, style)
     motion = world.sample_motion(rng, kinds, scene.shape)
-    return world.render_video(scene, motion, frames, watermark), world.caption(scene, motion, bool(rng.random() < 0.7))
+    return rng, scene, motion, bool(rng.random() < 0.7)
 
 
 def frame_sample(seed: int, i: int, kinds: tuple[str, ...] = world.MOTIONS, frames: int = 16) -> tuple[np.ndarray, str]:
@@ -43,10 +49,7 @@ def frame_sample(seed: int, i: int, kinds: tuple[str, ...] = world.MOTIONS, fram
     The domain adapter's data: a single frame shows no motion, and the base's text encoder never saw
     the motion words. An adapter trained on them learnt to undo those unknown words, and that changed
     how it read every caption (on stills: backgrounds right 47% of frames, against 100% with these)."""
-    rng = _rng(seed, i)
-    scene = world.sample_scene(rng)
-    motion = world.sample_motion(rng, kinds, scene.shape)
-    with_size = bool(rng.random() < 0.7)  # the same draws as video_sample, so the same clip
+    rng, scene, motion, with_size = _clip(seed, i, kinds)
     args = world.trajectory(scene, motion, frames)[int(rng.integers(frames))]
     return world.render(**args, watermark=True), world.caption(scene, with_size=with_size)
 

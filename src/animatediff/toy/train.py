@@ -1,9 +1,10 @@
 """Training the embedded model family from scratch, reproducibly: `animatediff toy train`.
 
-    1 datasets     the world written to disk (images, watermarked clips, outlined images, motion clips)
+    1 datasets     the world written to disk (images, watermarked clips and a frame of each, outlined images,
+                   motion clips)
     2 vae          a tiny AutoencoderKL (64x64 -> 4x16x16) on rendered frames (its own short loop)
     3 base         the text-to-image UNet and text encoder, on still images (trainer stage `image`)
-    4 adapter      the domain adapter on video frames: it absorbs the watermark (stage `adapter`)
+    4 adapter      the domain adapter on video frames, captioned as stills: it absorbs the watermark (`adapter`)
     5 motion       the motion module on clips, base and adapter frozen (stage `motion`)
     6 personal     a DreamBooth-style fine-tune on outlined objects (stage `image`), as a single file
     7 style_lora   the same style as an image LoRA (stage `image_lora`)
