@@ -29,10 +29,13 @@ def image_sample(seed: int, i: int, style: str = "filled") -> tuple[np.ndarray, 
 
 def video_sample(
     seed: int, i: int, kinds: tuple[str, ...] = world.MOTIONS, frames: int = 16, style: str = "filled",
-    watermark: bool = True,
+    watermark: bool = True, motion_words: bool = True,
 ) -> tuple[np.ndarray, str]:  # fmt: skip
+    """A clip and its caption; without `motion_words` the caption is its frames' as stills ("a red
+    square on a blue background", not "a red square moving left on a blue background")."""
     _, scene, motion, with_size = _clip(seed, i, kinds, style)
-    return world.render_video(scene, motion, frames, watermark), world.caption(scene, motion, with_size)
+    text = world.caption(scene, motion if motion_words else None, with_size)
+    return world.render_video(scene, motion, frames, watermark), text
 
 
 def _clip(seed: int, i: int, kinds: tuple[str, ...], style: str = "filled"):
@@ -95,13 +98,14 @@ def write_frames(folder: str | os.PathLike, n: int, seed: int, kinds: tuple[str,
 
 def write_videos(
     folder: str | os.PathLike, n: int, seed: int, kinds: tuple[str, ...] = world.MOTIONS, frames: int = 16,
-    style: str = "filled", watermark: bool = True,
+    style: str = "filled", watermark: bool = True, motion_words: bool = True,
 ) -> Path:  # fmt: skip
     """n captioned clips, lossless mp4 (skipped if the folder already holds exactly this set)."""
 
     def one(i: int, stem: Path) -> None:
-        clip, text = video_sample(seed, i, kinds, frames, style, watermark)
+        clip, text = video_sample(seed, i, kinds, frames, style, watermark, motion_words)
         Video(clip, fps=8).save(stem.with_suffix(".mp4"), lossless=True)
         stem.with_suffix(".txt").write_text(text)
 
-    return _write(folder, n, ".mp4", (seed, kinds, frames, style, watermark), one)
+    settings = (seed, kinds, frames, style, watermark) + (() if motion_words else ("still captions",))
+    return _write(folder, n, ".mp4", settings, one)
