@@ -289,9 +289,9 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     # rank 8, 300 steps on all timesteps). Rank 32 helped pan (75% vs 69% at 16), not zoom (63% vs 44% at 600
     # steps, but 81% at rank 16 and 1,800 steps)
     motion_lora_train = {**lora_train, "batch_size": budget.video_batch, "lr": 3e-3, "min_timestep": 850}
-    for name, rank in (("pan_right", 32), ("zoom_in", 16)):
+    for name, rank, steps in (("pan_right", 32, budget.pan_right_steps), ("zoom_in", 16, budget.zoom_in_steps)):
         clips = {"videos": str(data / name), "size": world.SIZE, "frames": 16, "stride": 1, "cache_dir": cache(name)}
-        loras[name] = run(name, stage_config(work, name, "motion_lora", base, clips, getattr(budget, f"{name}_steps"),
+        loras[name] = run(name, stage_config(work, name, "motion_lora", base, clips, steps,
                           budget, seed, motion_module=str(motion), adapter=str(adapter),
                           train={**motion_lora_train, "lora_rank": rank}))  # fmt: skip
 
