@@ -46,7 +46,7 @@ def test_adapter_frames_are_frames_of_the_clips_captioned_as_stills():
 
 def test_clips_captioned_as_stills_are_the_same_clips():
     for i in range(20):
-        clip, text = dataset.video_sample(5, i)
+        clip, _ = dataset.video_sample(5, i)
         same, still = dataset.video_sample(5, i, motion_words=False)
         assert np.array_equal(clip, same)
         assert still == dataset.frame_sample(5, i)[1]  # the caption without its motion words (above)
@@ -234,7 +234,7 @@ def test_targets_are_judged_from_the_rows():
 # What the CI evaluation (2 prompts, seed 0) measured on the shipped family, less a margin: a retrained
 # or broken family that falls below fails here. The targets are higher (docs/toy_eval.md says
 # which are met); the floors follow the family as it improves. A floor of 0 could not fail: none is set.
-FLOORS = {'base, frame by frame': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, 'base + motion module': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, 'outlined, frame by frame': {'consistency': ('>=', 0.42)}, 'outlined + motion module': {'consistency': ('>=', 0.21)}, 'base + outlined LoRA + motion module': {'consistency': ('>=', 0.21)}, '+ MotionLoRA pan right': {'adherence': ('>=', 0.74), 'consistency': ('>=', 0.74)}, '+ MotionLoRA zoom in': {'adherence': ('>=', 0.74), 'consistency': ('>=', 0.74)}, 'conv1d motion module (ablation)': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}}  # noqa: E501
+FLOORS = {'base, frame by frame': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, 'base + motion module': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8), 'watermark': ('<=', 0.1)}, 'outlined, frame by frame': {'consistency': ('>=', 0.39)}, 'outlined + motion module': {'consistency': ('>=', 0.33)}, 'base + outlined LoRA + motion module': {'consistency': ('>=', 0.14)}, '+ MotionLoRA pan right': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, '+ MotionLoRA zoom in': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, '+ domain adapter at scale 1': {'adherence': ('>=', 0.76), 'consistency': ('>=', 0.76), 'watermark': ('>=', 0.23)}, 'conv1d motion module (ablation)': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}}  # noqa: E501
 
 
 def test_evaluation_runs_every_setting():

@@ -5,7 +5,7 @@
     2 vae          a tiny AutoencoderKL (64x64 -> 4x16x16) on rendered frames (its own short loop)
     3 base         the text-to-image UNet and text encoder, on still images (trainer stage `image`)
     4 adapter      the domain adapter on video frames, captioned as stills: it absorbs the watermark (`adapter`)
-    5 motion       the motion module on clips, base and adapter frozen (stage `motion`)
+    5 motion       the motion module on clips captioned as stills, base and adapter frozen (`motion`)
     6 personal     a DreamBooth-style fine-tune on outlined objects (stage `image`), as a single file
     7 style_lora   the same style as an image LoRA (stage `image_lora`)
     8 motion loras "pan right" and "zoom in" from 50 clips each (stage `motion_lora`)
