@@ -58,7 +58,8 @@ class Budget:
     personal_steps: int = 600
     style_lora_steps: int = 600
     pan_right_steps: int = 600  # the MotionLoRAs: zoom learns its full size change more slowly than pan its
-    zoom_in_steps: int = 1800  # direction (zoom in 44% / 69% / 81% after 600 / 1200 / 1800 steps)
+    zoom_in_steps: int = 1800  # direction (44% / 69% / 81% after 600 / 1200 / 1800 steps on the previous
+    # motion module; on the shipped one 1,800 steps reach 38%, 81% at scale 1.5: too weak, docs/toy_world.md)
     image_batch: int = 32
     video_batch: int = 4
     vae_batch: int = 16
