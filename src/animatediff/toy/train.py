@@ -70,11 +70,12 @@ LONG = Budget(vae_steps=10000, base_steps=18000, adapter_steps=2400, motion_step
               personal_steps=1500, style_lora_steps=1500, pan_right_steps=2700,
               zoom_in_steps=3600)  # fmt: skip
 
-# Each MotionLoRA's recipe (its steps: the Budget's `<name>_steps`). A strong learning rate on the noisier steps only:
-# the loss is small there and its direction signal weak (docs/toy_world.md: pan right 75% of videos vs 12%
-# with lr 1e-3, rank 8, 300 steps on all timesteps). Pan's direction is settled at t >= 850 (rank 32: 75%
-# vs 69% at 16). Zoom's size change is made lower down: on t >= 850 it learnt the direction but too little
-# size (38% of videos at 1,800 steps, 81% with the file at scale 1.5); on t >= 600 with lr 6e-3, 88%.
+# Each MotionLoRA's recipe (its steps: the Budget's `<name>_steps`). A strong learning rate on the noisier
+# steps only: the loss is small there and its direction signal weak (docs/toy_world.md: pan right 75% of
+# videos vs 12% with lr 1e-3, rank 8, 300 steps on all timesteps). Pan's direction is settled at t >= 850
+# (rank 32: 75% vs 69% at 16; 900 steps 88%, 600 and 1,200 steps 81%). Zoom's size change is made lower
+# down: on t >= 850 it learnt the direction but too little size (38% of videos at 1,800 steps, 81% with
+# the file at scale 1.5); on t >= 600 with lr 6e-3, 88% (on t >= 500, 69%).
 MOTION_LORAS = {
     "pan_right": {"lora_rank": 32, "lr": 3e-3, "min_timestep": 850},
     "zoom_in": {"lora_rank": 16, "lr": 6e-3, "min_timestep": 600},
