@@ -44,7 +44,7 @@ from .models import FILES, weights_dir
 
 @dataclass(frozen=True)
 class Budget:
-    """Sized to train the whole family in about 3.8 h on the 2-core CPU, stage after stage (2.4 h in two
+    """Sized to train the whole family in about 3.8 h on the 2-core CPU, stage after stage (2.6 h in two
     one-thread lanes; minutes on a GPU)."""
 
     images: int = 20000
