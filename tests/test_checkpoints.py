@@ -174,6 +174,32 @@ def test_ldm_file_without_vae_or_text_encoder(tmp_path, tiny_models):
     assert any("no VAE" in n for n in loaded.notes)
 
 
+@pytest.mark.parametrize(
+    ("how", "expect"),
+    [("ours", "v_prediction"), ("v_pred key", "v_prediction"), ("modelspec v", "v_prediction"),
+     ("modelspec epsilon", "epsilon"), ("silent", None), ("modelspec sample", None)],
+)  # fmt: skip
+def test_prediction_type_is_read_from_the_file(tmp_path, tiny_models, how, expect):
+    """What a single file says its UNet predicts: ComfyUI's empty `v_pred` tensor, or kohya's ModelSpec
+    metadata. Files that say nothing are left to the default (epsilon) or --prediction-type."""
+    path = tmp_path / "model.safetensors"
+    save_sd15(path, *tiny_models, prediction_type="v_prediction" if how == "ours" else None)
+    tensors = safetensors.torch.load_file(path)
+    meta = safetensors.safe_open(str(path), "pt").metadata()
+    if how == "ours":
+        assert meta["modelspec.prediction_type"] == "v" and tensors["v_pred"].numel() == 0
+    elif how == "v_pred key":
+        tensors["v_pred"] = torch.tensor([])
+    elif how.startswith("modelspec"):
+        meta["modelspec.prediction_type"] = how.split()[1]
+    save_file(tensors, path, meta)
+    loaded = load(path)
+    assert loaded.prediction_type == expect
+    assert loaded.unused == []  # the sentinel is no stray key
+    assert any("v-prediction" in n for n in loaded.notes) == (expect == "v_prediction")
+    assert any("'sample'" in n for n in loaded.notes) == (how == "modelspec sample")
+
+
 def test_full_size_tables_agree_with_diffusers_converter():
     """Every key of the real SD1.5 UNet and VAE maps as diffusers' own converter maps it."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -197,14 +223,18 @@ def test_full_size_tables_agree_with_diffusers_converter():
 
 
 def test_diffusers_pipeline_folder(tmp_path):
+    from diffusers import DDIMScheduler
+
     ref_unet = random_weights_(_meta(lambda: diffusers_unet2d(TINY_UNET)))
     ref_vae = random_weights_(_meta(lambda: diffusers_vae(TINY_VAE)))
     ref_text = transformers_clip(TINY_TEXT)
     ref_unet.save_pretrained(tmp_path / "unet")
     ref_vae.save_pretrained(tmp_path / "vae")
     ref_text.save_pretrained(tmp_path / "text_encoder")
+    assert load(tmp_path).prediction_type is None  # no scheduler/ folder: nothing said
+    DDIMScheduler(prediction_type="v_prediction").save_pretrained(tmp_path / "scheduler")
     loaded = load(tmp_path)
-    assert (loaded.kind, loaded.format) == ("sd15", "diffusers")
+    assert (loaded.kind, loaded.format, loaded.prediction_type) == ("sd15", "diffusers", "v_prediction")
     assert loaded.unused == []
     unet, vae, text = (build(c, loaded) for c in ("unet", "vae", "text_encoder"))
     x, ctx = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 48)

@@ -65,6 +65,20 @@ def test_generate_each_format(tmp_path, files, suffix):
     assert video.metadata.get("seed") == "42"
 
 
+def test_prediction_type_option_overrides_the_file(tmp_path, files):
+    frames = {}
+    for told in ("", "epsilon", "v_prediction"):
+        out = tmp_path / f"{told or 'default'}.png"
+        r = cli("generate", "a red circle", *tiny(files, "--seed", "1", "-o", out,
+                                                  *(["--prediction-type", told] if told else [])))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        frames[told] = Video.load(tmp_path / (told or "default")).frames
+    assert (frames[""] == frames["epsilon"]).all()  # the file says nothing: epsilon
+    assert (frames[""] != frames["v_prediction"]).any()
+    r = cli("generate", "a red circle", *tiny(files, "--prediction-type", "x0"))
+    assert r.returncode == 2 and "invalid choice: 'x0'" in r.stderr
+
+
 def test_default_command_uses_the_embedded_model(tmp_path):
     r = cli("generate", "a red circle moving right on a blue background", "--frames", "4", "--steps", "2", "-q",
             "-o", tmp_path / "demo.gif")  # fmt: skip

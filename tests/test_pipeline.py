@@ -10,7 +10,7 @@ import torch
 
 from animatediff import AnimateDiff
 from animatediff.checkpoints import LoraWeight
-from animatediff.checkpoints.export import save_lora
+from animatediff.checkpoints.export import save_lora, save_motion_module, save_sd15
 from animatediff.models.clip import CLIPTextModel
 from animatediff.models.unet import UNet3D
 from animatediff.models.vae import AutoencoderKL
@@ -104,6 +104,33 @@ def test_matches_diffusers_animatediff_pipeline(reference, sampler):
     video = ours(kwargs["prompt"], kwargs["negative_prompt"], **args)
     expected = (ref_frames[0].permute(0, 2, 3, 1) * 255).round()
     assert (torch.from_numpy(video.frames).float() - expected).abs().max() <= 1
+
+
+def test_a_v_prediction_file_samples_as_diffusers_does_with_v_prediction(reference, tmp_path):
+    """A model file that says it predicts v (as ComfyUI and kohya mark them) is sampled so, with no
+    option; --prediction-type overrides the file either way."""
+    from diffusers import DDIMScheduler
+
+    ref = copy.copy(reference)
+    ours = ours_from(ref)
+    save_sd15(tmp_path / "v.safetensors", ours.unet, ours.vae, ours.text_encoder, prediction_type="v_prediction")
+    save_motion_module(tmp_path / "mm.safetensors", ours.unet)
+    ref.unet = copy.deepcopy(ref.unet)
+    make_original(ref.unet, MOTION, frames=6)
+    noise = torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(prompt="a red square", num_frames=6, height=64, width=64, num_inference_steps=8,
+                  guidance_scale=7.5, latents=noise, output_type="latent")  # fmt: skip
+    args = dict(frames=6, height=64, width=64, steps=8, guidance=7.5, latents=noise, progress=False,
+                output="latents")  # fmt: skip
+    for override, predicts in ((None, "v_prediction"), ("epsilon", "epsilon")):
+        ref.scheduler = DDIMScheduler.from_config(reference.scheduler.config, prediction_type=predicts)
+        with torch.no_grad():
+            want = ref(**kwargs).frames
+        pipe = AnimateDiff.from_checkpoints(tmp_path / "v.safetensors", tmp_path / "mm.safetensors",
+                                            prediction_type=override, device="cpu", dtype="float32")  # fmt: skip
+        assert pipe.noise_schedule.prediction_type == predicts
+        got = pipe("a red square", **args)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_same_seed_same_video_regardless_of_batch(pipe):

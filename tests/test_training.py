@@ -486,6 +486,28 @@ def test_min_snr_weights_the_trainers_loss_and_bad_gamma_is_refused(world, tmp_p
         validate_raw(config(world, tmp_path / "bad", "motion", train={"snr_gamma": 0}))
 
 
+def test_prediction_type_follows_the_base_file_unless_told_and_is_written_out(world, tmp_path):
+    """Fine-tuning a v-prediction model keeps it one (its loss target is v) and its file says so."""
+    from animatediff.checkpoints.io import save_file
+
+    tensors = safetensors.torch.load_file(world["base"])
+    meta = safetensors.safe_open(str(world["base"]), "pt").metadata()
+    save_file({**tensors, "v_pred": torch.tensor([])}, tmp_path / "v.safetensors", meta)
+    for name, told, predicts in (("v", None, "v_prediction"), ("eps", "epsilon", "epsilon")):
+        train = {"steps": 1} if told is None else {"steps": 1, "prediction_type": told}
+        raw = config(world, tmp_path / name, "image", model=str(tmp_path / "v.safetensors"), train=train)
+        trainer = Trainer(validate_raw(raw), resume="none")
+        assert trainer.prediction_type == trainer.noise_schedule.prediction_type == predicts
+        assert load(trainer.run()).prediction_type == predicts
+    lora = Trainer(validate_raw(config(world, tmp_path / "lora", "image_lora", model=str(tmp_path / "v.safetensors"))),
+                   resume="none")  # fmt: skip
+    assert lora.prediction_type == "v_prediction"
+    assert Trainer(validate_raw(config(world, tmp_path / "plain", "image_lora")), resume="none").prediction_type == \
+        "epsilon"  # fmt: skip
+    with pytest.raises(ConfigError, match="prediction_type must be epsilon or v_prediction"):
+        validate_raw(config(world, tmp_path / "bad", "image", train={"prediction_type": "sample"}))
+
+
 def test_training_timesteps_stay_in_the_configured_range(world, tmp_path):
     raw = config(world, tmp_path, "motion_lora", train={"steps": 3, "batch_size": 4, "min_timestep": 900,
                                                          "max_timestep": 950})  # fmt: skip

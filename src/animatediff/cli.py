@@ -54,6 +54,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--motion-version", choices=["v1", "v2", "v3"], help="say the motion module's version when its "
                    "file cannot tell (v1 and v3 files without position tables)")  # fmt: skip
     g.add_argument("--vae", metavar="PATH", help="a VAE to use instead of the model's (e.g. sd-vae-ft-mse)")
+    g.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="what the model's UNet predicts, "
+                   "if its file does not say (default: the file's `v_pred` key or metadata, else epsilon)")  # fmt: skip
     g.add_argument("--lora", metavar="PATH[:SCALE]", action="append", default=[], type=parse_scaled,
                    help="image LoRA (kohya/civitai or diffusers); repeatable")  # fmt: skip
     g.add_argument("--motion-lora", metavar="PATH[:SCALE]", action="append", default=[], type=parse_scaled,
@@ -123,8 +125,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     pipe = AnimateDiff.from_checkpoints(
         args.model, args.motion_module, vae=args.vae, loras=args.lora, motion_loras=args.motion_lora,
-        adapter=args.adapter, motion_version=args.motion_version, device=args.device, dtype=args.dtype,
-        offload=args.offload,
+        adapter=args.adapter, motion_version=args.motion_version, prediction_type=args.prediction_type,
+        device=args.device, dtype=args.dtype, offload=args.offload,
     )  # fmt: skip
     for note in pipe.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from .models.clip import CLIPTextModel
 from .models.motion import PositionalEncoding, sinusoidal_table
 from .models.unet import UNet3D
 from .models.vae import AutoencoderKL
+from .sampling import NoiseSchedule
 
 log = logging.getLogger("animatediff")
 
@@ -125,3 +127,11 @@ def build_vae(loaded: Loaded, dtype: torch.dtype) -> AutoencoderKL:
 
 def build_text_encoder(loaded: Loaded, dtype: torch.dtype) -> CLIPTextModel:
     return build(CLIPTextModel, loaded, "text_encoder", dtype)
+
+
+def noise_schedule_for(base: Loaded | None, prediction_type: str | None = None) -> NoiseSchedule:
+    """AnimateDiff's noise schedule, predicting what `prediction_type` says, else the model file, else epsilon."""
+    predicts = prediction_type or (base.prediction_type if base is not None else None) or "epsilon"
+    if predicts not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unknown prediction type {predicts!r}: use epsilon or v_prediction")
+    return replace(NoiseSchedule.PRESETS["animatediff"], prediction_type=predicts)

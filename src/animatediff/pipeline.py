@@ -26,6 +26,7 @@ from .components import (
     build_vae,
     finalize_position_tables,
     load_model_file,
+    noise_schedule_for,
     resolve_device,
     resolve_dtype,
 )
@@ -88,13 +89,15 @@ class AnimateDiff:
         motion_loras: Sequence[tuple[PathLike, float]] = (),
         adapter: tuple[PathLike, float] | None = None,
         motion_version: str | None = None,
+        prediction_type: str | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         offload: bool = False,
     ) -> AnimateDiff:
-        """Build from files: an SD1.5 model (single file or diffusers folder), a motion module, LoRAs."""
+        """Build from files: an SD1.5 model (single file or diffusers folder), a motion module, LoRAs.
+        `prediction_type` (epsilon, v_prediction) overrides what the model file says it predicts."""
         if model is None:
-            pipe = cls.default(device=device, dtype=dtype)
+            pipe = cls.default(device=device, dtype=dtype, prediction_type=prediction_type)
             if motion_module is not None:
                 pipe.set_motion_module(motion_module, motion_version=motion_version)
         else:
@@ -113,7 +116,8 @@ class AnimateDiff:
                 notes.append("no motion module: every frame is generated on its own")
             pipe = cls(
                 unet, build_vae(vae_file, dt), build_text_encoder(base, dt),
-                device=dev, dtype=dt, offload=offload, notes=notes,
+                noise_schedule=noise_schedule_for(base, prediction_type), device=dev, dtype=dt, offload=offload,
+                notes=notes,
             )  # fmt: skip
         for path, scale in loras:
             pipe.load_lora(path, scale)
@@ -124,12 +128,14 @@ class AnimateDiff:
         return pipe
 
     @classmethod
-    def default(cls, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> AnimateDiff:
+    def default(
+        cls, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", prediction_type: str | None = None
+    ) -> AnimateDiff:
         """The small model family embedded in the package (runs on a CPU in seconds)."""
         from .toy.models import load_default
 
         dev = resolve_device(device)
-        return load_default(cls, dev, resolve_dtype(dtype, dev))
+        return load_default(cls, dev, resolve_dtype(dtype, dev), prediction_type)
 
     # -- adapters: LoRAs, motion modules ------------------------------------------------------------
 

@@ -113,13 +113,16 @@ def motion_config(c: dict) -> MotionConfig:
 
 
 def load_folder(path: Path):
-    from .loading import Component, Loaded, _report_unused, _text_keys, _unet_keys, _vae_keys
+    from .loading import Component, Loaded, _report_unused, _text_keys, _unet_keys, _vae_keys, set_prediction_type
 
     if (path / "unet").is_dir():
         label = "Stable Diffusion 1.x model (diffusers folder)"
         loaded = Loaded(path=path, kind="sd15", format="diffusers", label=label)
         parts = {"unet": path / "unet", "vae": path / "vae", "text_encoder": path / "text_encoder"}
         parts = {name: p for name, p in parts.items() if p.is_dir()}
+        scheduler = path / "scheduler" / "scheduler_config.json"  # where a folder says what its UNet predicts
+        if scheduler.exists():
+            set_prediction_type(loaded, str(read_config_json(scheduler).get("prediction_type", "")))
     elif (path / "config.json").exists():
         c = read_config_json(path / "config.json")
         name = {"MotionAdapter": "motion_module", "AutoencoderKL": "vae", "UNet2DConditionModel": "unet"}.get(

@@ -39,9 +39,10 @@ def _vae_ldm(vae: nn.Module, dtype) -> dict[str, torch.Tensor]:
 
 def save_sd15(
     path: str | os.PathLike, unet: nn.Module, vae: nn.Module | None = None, text_encoder: nn.Module | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, prediction_type: str | None = None,
 ) -> None:  # fmt: skip
-    """A single-file LDM checkpoint (what civitai hosts). Motion modules are not included."""
+    """A single-file LDM checkpoint (what civitai hosts). Motion modules are not included. With
+    `prediction_type`, the file says what its UNet predicts, as kohya's trainers and ComfyUI read it."""
     state = {k: v for k, v in unet.state_dict().items() if ".motion_modules." not in k}
     tensors = _mapped(state, key_map(list(state), ldm_sd15.unet_table(unet.config), ldm_sd15.UNET_PREFIX), dtype)
     if vae is not None:
@@ -52,6 +53,10 @@ def save_sd15(
     meta = metadata_for(
         unet=unet.config, vae=getattr(vae, "config", None), text_encoder=getattr(text_encoder, "config", None)
     )
+    if prediction_type is not None:
+        meta[ldm_sd15.PREDICTION_METADATA] = "v" if prediction_type == "v_prediction" else "epsilon"
+        if prediction_type == "v_prediction":
+            tensors[ldm_sd15.V_PRED_KEY] = torch.zeros(0)
     save_file(tensors, path, meta)
 
 

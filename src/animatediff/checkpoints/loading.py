@@ -67,6 +67,7 @@ class Loaded:
     label: str
     components: dict[str, Component] = field(default_factory=dict)
     version: str | None = None  # motion-module version
+    prediction_type: str | None = None  # SD models: "epsilon" / "v_prediction" where the file says; else None
     file: CheckpointFile | None = None
     unused: list[str] = field(default_factory=list)  # file keys no component consumed
     notes: list[str] = field(default_factory=list)
@@ -234,6 +235,7 @@ def _sd15(loaded: Loaded, f: CheckpointFile, use_ema: bool = False, **_) -> None
     elif any(k.startswith("model_ema.") for k in keys):
         loaded.notes.append("EMA weights present and ignored (the regular weights are used)")
     loaded.components["unet"] = Component("unet", unet_cfg, f, unet_map)
+    set_prediction_type(loaded, f.metadata.get(ldm_sd15.PREDICTION_METADATA, ""), ldm_sd15.V_PRED_KEY in f)
 
     vae_probe = ldm_sd15.VAE_PREFIX + "encoder.conv_in.weight"
     if vae_probe in keys:
@@ -251,7 +253,19 @@ def _sd15(loaded: Loaded, f: CheckpointFile, use_ema: bool = False, **_) -> None
         loaded.components["text_encoder"] = Component("text_encoder", text_cfg, f, text_map)
     else:
         loaded.notes.append("no text encoder inside")
-    _report_unused(loaded, f, lambda k: k in ldm_sd15.IGNORED_KEYS or k.startswith("model_ema."))
+    ignored = set(ldm_sd15.IGNORED_KEYS) | {ldm_sd15.V_PRED_KEY}
+    _report_unused(loaded, f, lambda k: k in ignored or k.startswith("model_ema."))
+
+
+def set_prediction_type(loaded: Loaded, said: str, v_key: bool = False) -> None:
+    """Record what the file says its UNet predicts (metadata or config `said`; `v_key`: the `v_pred` tensor)."""
+    said = said.strip().lower()
+    loaded.prediction_type = "v_prediction" if v_key else ldm_sd15.PREDICTION_NAMES.get(said)
+    if said and loaded.prediction_type is None:
+        loaded.notes.append(f"its files name an unknown prediction type {said!r}: sampling assumes epsilon "
+                            f"(say otherwise with --prediction-type)")  # fmt: skip
+    elif loaded.prediction_type == "v_prediction":
+        loaded.notes.append("a v-prediction model (its file says so): sampling predicts v")
 
 
 def _vae(loaded: Loaded, f: CheckpointFile, **_) -> None:

@@ -43,18 +43,19 @@ def unknown_words(prompt: str) -> list[str]:
     return sorted({w for w in words if w and w not in known})
 
 
-def load_default(cls, device: torch.device, dtype: torch.dtype):
+def load_default(cls, device: torch.device, dtype: torch.dtype, prediction_type: str | None = None):
     from ..checkpoints import load
-    from ..components import build_text_encoder, build_unet, build_vae
+    from ..components import build_text_encoder, build_unet, build_vae, noise_schedule_for
 
     if path("base").exists() and path("motion").exists():
         base, motion = load(path("base")), load(path("motion"))
         unet, notes = build_unet(base, motion, dtype)
         pipe = cls(unet, build_vae(base, dtype), build_text_encoder(base, dtype), device=device, dtype=dtype,
-                   notes=notes)  # fmt: skip
+                   noise_schedule=noise_schedule_for(base, prediction_type), notes=notes)  # fmt: skip
     else:
         warnings.warn("the embedded toy model is not trained yet: generating with random weights", stacklevel=3)
-        pipe = cls(*random_models(dtype), device=device, dtype=dtype, notes=["untrained random-weight toy model"])
+        pipe = cls(*random_models(dtype), noise_schedule=noise_schedule_for(None, prediction_type), device=device,
+                   dtype=dtype, notes=["untrained random-weight toy model"])  # fmt: skip
     pipe.vocabulary_check = unknown_words
     return pipe
 

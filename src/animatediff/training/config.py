@@ -70,7 +70,8 @@ class TrainConfig:
     lora_rank: int = 64
     lora_targets: tuple[str, ...] = ()  # regexes of module names; empty: the stage's default
     train_text_encoder: bool = False  # image stage
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # What the UNet learns to predict; None: what the model file says it predicts (epsilon if it says nothing).
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
     beta_schedule: Literal["linear", "scaled_linear"] = "linear"
     # Min-SNR-gamma loss weighting (Hang et al. 2023): converges several times faster from scratch; None = plain MSE
     snr_gamma: float | None = None
@@ -190,6 +191,8 @@ def validate(cfg: Config, path: str | Path = "config") -> Config:
         problems.append("train.steps, batch_size and grad_accum must be at least 1")
     if t.batch_size % t.grad_accum:
         problems.append(f"train.batch_size {t.batch_size} is not divisible by grad_accum {t.grad_accum}")
+    if t.prediction_type not in (None, "epsilon", "v_prediction"):
+        problems.append(f"train.prediction_type must be epsilon or v_prediction, got {t.prediction_type!r}")
     if t.snr_gamma is not None and t.snr_gamma <= 0:
         problems.append(f"train.snr_gamma must be positive (5 is the paper's choice), got {t.snr_gamma}")
     if t.debias_beta is not None and (t.debias_beta <= 0 or cfg.stage not in ("motion", "motion_lora")):

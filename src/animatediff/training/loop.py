@@ -102,9 +102,9 @@ class Trainer:
         self.models: StageModels = build_stage(cfg, self.device)
         self.models.unet.gradient_checkpointing = t.gradient_checkpointing
         self.models.unet.train()  # no dropout anywhere: this only enables activation checkpointing
-        ns = NoiseSchedule(beta_schedule=t.beta_schedule, prediction_type=t.prediction_type)
-        self.alphas = ns.alphas_cumprod().to(self.device)
-        self.prediction_type = t.prediction_type
+        self.prediction_type = self.models.prediction_type
+        self.noise_schedule = NoiseSchedule(beta_schedule=t.beta_schedule, prediction_type=self.prediction_type)
+        self.alphas = self.noise_schedule.alphas_cumprod().to(self.device)
 
         self.samples, self.collate, self.empty_text = self.data, collate, None
         if d.cache_dir:  # with a text encoder that learns, only the latents are used (captions encoded live)
@@ -385,8 +385,8 @@ class Trainer:
 
             m = self.models
             m.unet.eval()
-            pipe = AnimateDiff(m.unet, m.vae, m.text_encoder, m.tokenizer, device=self.device,
-                               default_size=v.size)  # fmt: skip
+            pipe = AnimateDiff(m.unet, m.vae, m.text_encoder, m.tokenizer, noise_schedule=self.noise_schedule,
+                               device=self.device, default_size=v.size)  # fmt: skip
             folder = self.out / "validation" / f"step-{self.step:07d}"
             folder.mkdir(parents=True, exist_ok=True)
             frames = 1 if self.image_stage else v.frames

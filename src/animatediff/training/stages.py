@@ -20,7 +20,14 @@ from torch import nn
 
 from ..checkpoints import LoraSet, load_lora
 from ..checkpoints.export import save_lora, save_motion_module, save_sd15
-from ..components import build_text_encoder, build_unet, build_vae, finalize_position_tables, load_model_file
+from ..components import (
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    finalize_position_tables,
+    load_model_file,
+    noise_schedule_for,
+)
 from ..config import MotionConfig
 from ..models.clip import CLIPTextModel
 from ..models.tokenizer import load_tokenizer
@@ -46,6 +53,7 @@ class StageModels:
     trainable: dict[str, nn.Parameter]  # name -> parameter, names as in `named_trainable`
     loras: dict[str, lora_layers.LoRALinear] = field(default_factory=dict)
     tokenizer: object = None
+    prediction_type: str = "epsilon"  # what the UNet predicts: the config's, else the base file's
 
     @property
     def trains_text(self) -> bool:
@@ -85,8 +93,9 @@ def build_stage(cfg: Config, device: torch.device) -> StageModels:
         adapter, _ = load_lora(cfg.adapter, {"unet": unet})
         LoraSet(unet).add("adapter", adapter.weights, cfg.adapter_scale)  # merged, frozen
 
-    models = StageModels(unet, vae, text, trainable={}, tokenizer=load_tokenizer())
     t = cfg.train
+    predicts = noise_schedule_for(base, t.prediction_type).prediction_type
+    models = StageModels(unet, vae, text, trainable={}, tokenizer=load_tokenizer(), prediction_type=predicts)
     if cfg.stage == "image":
         models.trainable = {f"unet.{n}": p for n, p in unet.named_parameters()}
         if t.train_text_encoder:
@@ -126,7 +135,7 @@ def export(cfg: Config, models: StageModels, out_dir: Path, weights: dict[str, t
                 p.copy_(weights[name])
     try:
         if cfg.stage == "image":
-            save_sd15(path, models.unet, models.vae, models.text_encoder)
+            save_sd15(path, models.unet, models.vae, models.text_encoder, prediction_type=models.prediction_type)
         elif cfg.stage == "motion":
             save_motion_module(path, models.unet)
         elif cfg.stage == "image_lora":
