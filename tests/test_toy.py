@@ -143,6 +143,20 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
             train_family(tmp_path / "work", QUICK, seed=0, install=install, log=lambda *_: None, only=only)
 
 
+def test_two_lanes_train_every_stage_once(tmp_path):
+    """`toy train --lanes 2`: the stages nothing else needs are trained in a second process; every file
+    comes out, each stage ran once, and a rerun finds them all done."""
+    from animatediff.toy.train import QUICK, SIDE_LANE, STAGES, train_family
+
+    out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, lanes=2)
+    assert set(out["times"]) == {"datasets", "vae", *STAGES}
+    for key, file in out["files"].items():
+        assert load(file).kind == EXPECTED_KINDS[key], key
+    assert set(SIDE_LANE) < set(STAGES)
+    again = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, lanes=2)
+    assert set(again["times"]) == {"datasets"}
+
+
 @pytest.mark.parametrize("kind", ["pan right", "zoom in", "left", "growing"])
 def test_rendered_motions_are_what_the_detector_reads(kind):
     from animatediff.toy.detect import motion_matches, video_metrics
