@@ -48,7 +48,7 @@ from .models import FILES, weights_dir
 @dataclass(frozen=True)
 class Budget:
     """Sized to train the whole family in about 3.8 h on the 2-core CPU, stage after stage (2.6 h in two
-    one-thread lanes; minutes on a GPU)."""
+    one-thread lanes, `--lanes 2`; minutes on a GPU)."""
 
     images: int = 20000
     videos: int = 4000
@@ -351,7 +351,7 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     todo = _to_run(cfgs, only, install)
     if lanes > 1 and device.type == "cpu":
         # what everything else trains on first, on every thread; then the rest in two one-thread lanes (on
-        # a 2-core CPU about 1.2x the throughput of one two-thread run: docs/toy_world.md)
+        # a 2-core CPU 1.2-1.5x the throughput of one two-thread run: docs/toy_world.md)
         for name in [n for n in todo if n in FIRST]:
             times[name] = run_stage(name, cfgs[name], log)
         side = [(n, cfgs[n]) for n in todo if n in SIDE_LANE]
