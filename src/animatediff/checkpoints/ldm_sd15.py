@@ -16,13 +16,13 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 
-# Entries that carry no weights of ours (noise schedule buffers, EMA counters, CLIP position ids).
 # How a single file says its UNet predicts v (velocity) rather than the noise: the empty `v_pred` tensor
 # that ComfyUI and Forge look for, or Stability's ModelSpec metadata, which kohya's trainers write.
 V_PRED_KEY = "v_pred"
 PREDICTION_METADATA = "modelspec.prediction_type"
 PREDICTION_NAMES = {"epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
 
+# Entries that carry no weights of ours (noise schedule buffers, EMA counters, CLIP position ids).
 IGNORED_KEYS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
