@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from animatediff import Video, load
-from animatediff.toy import dataset, world
+from animatediff.toy import dataset, models, world
 from animatediff.toy.detect import detect
 from animatediff.toy.models import FILES, unknown_words
 from animatediff.training.data import ClipDataset, ImageFolder, VideoFolder
@@ -118,6 +119,10 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     for folder in ("videos", "pan_right", "zoom_in"):
         captions = [f.read_text() for f in (tmp_path / "work" / "data" / folder).glob("*.txt")]
         assert captions and not any(MOTION_WORDS & set(c.replace(",", " ").split()) for c in captions)
+    # the text encoder is pretrained in a stage of its own, then frozen: the base's is the init's
+    text = lambda f: load(f).components["text_encoder"].state_dict()  # noqa: E731
+    init, base = text(tmp_path / "work" / "init.safetensors"), text(out["files"]["base"])
+    assert all(torch.equal(init[k], base[k]) for k in init)
     install_files({k: Path(v) for k, v in out["files"].items()}, tmp_path / "pkg")
     assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == sorted(FILES.values())
 
@@ -143,16 +148,70 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
             train_family(tmp_path / "work", QUICK, seed=0, install=install, log=lambda *_: None, only=only)
 
 
-def test_two_lanes_train_every_stage_once(tmp_path):
-    """`toy train --lanes 2`: the stages nothing else needs are trained in a second process; every file
-    comes out, each stage ran once, and a rerun finds them all done."""
-    from animatediff.toy.train import QUICK, SIDE_LANE, STAGES, train_family
+def test_a_vae_is_taken_only_from_a_toy_single_file():
+    from animatediff.toy.train import toy_vae_of
 
-    out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, lanes=2)
-    assert set(out["times"]) == {"datasets", "vae", *STAGES}
+    assert toy_vae_of(models.path("base")).config.scaling_factor == load(models.path("base")).components[
+        "vae"].config.scaling_factor  # fmt: skip
+    with pytest.raises(ValueError, match="holds no toy-world VAE"):
+        toy_vae_of(models.path("motion"))
+
+
+def test_text_pretraining_tells_apart_what_the_base_merged():
+    """The text encoder's own stage: captions that differ in one shape word end far apart, as none do at
+    the random init and as triangle and star did not in the jointly trained shipped base."""
+    from animatediff.config import TOY_TEXT
+    from animatediff.models.clip import CLIPTextModel
+    from animatediff.models.tokenizer import load_tokenizer
+    from animatediff.prompts import encode_ids, prompt_ids
+    from animatediff.toy.train import train_text
+
+    captions = [f"a large white {s} on a black background" for s in world.SHAPES]
+    ids, _ = prompt_ids(load_tokenizer(), captions)
+
+    def closest(text) -> float:  # the two nearest shapes' distance (mean over the 77 states)
+        with torch.no_grad():
+            h = encode_ids(text, ids, len(captions))
+        return min(float((h[i] - h[j]).norm(dim=-1).mean()) for i in range(4) for j in range(i + 1, 4))
+
+    torch.manual_seed(0)
+    text = CLIPTextModel(TOY_TEXT).eval()
+    before = closest(text)
+    after = closest(train_text(text, 40, 0, torch.device("cpu"), lambda *_: None, batch=32))
+    assert after > 3 * before, (before, after)
+
+
+def test_lane_schedule_runs_every_stage_after_what_it_trains_on():
+    from animatediff.toy.train import NEEDS, SCHEDULE, STAGES
+
+    order = [name for phase in SCHEDULE for lane in phase for name in lane]
+    assert sorted(order) == sorted(STAGES)
+    done: set[str] = set()
+    for phase in SCHEDULE:
+        assert len(phase) <= 2
+        for lane in phase:  # a lane may use its own earlier stages and earlier phases', not its neighbour's
+            ready = set(done)
+            for name in lane:
+                assert set(NEEDS[name]) <= ready, name
+                ready.add(name)
+        done |= {name for lane in phase for name in lane}
+
+
+def test_two_lanes_train_every_stage_once(tmp_path):
+    """`toy train --lanes 2`: phases of two lanes, the second in its own process; every file comes out,
+    each stage ran once, and a rerun finds them all done."""
+    from animatediff.toy.train import QUICK, STAGES, train_family
+
+    shipped = models.path("base")
+    out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, lanes=2,
+                       vae_from=shipped)  # fmt: skip
+    assert set(out["times"]) == {"datasets", "text", *STAGES}  # the VAE was taken, not trained
     for key, file in out["files"].items():
         assert load(file).kind == EXPECTED_KINDS[key], key
-    assert set(SIDE_LANE) < set(STAGES)
+    vae = lambda f: load(f).components["vae"]  # noqa: E731
+    assert vae(out["files"]["base"]).config == vae(shipped).config
+    taken, theirs = vae(out["files"]["base"]).state_dict(), vae(shipped).state_dict()
+    assert all(torch.equal(taken[k].float(), theirs[k].float()) for k in theirs)
     again = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, lanes=2)
     assert set(again["times"]) == {"datasets"}
 

@@ -3,6 +3,8 @@
     1 datasets     the world written to disk (images, watermarked clips and a frame of each, outlined images,
                    motion clips)
     2 vae          a tiny AutoencoderKL (64x64 -> 4x16x16) on rendered frames (its own short loop)
+      text         with Budget.text_steps: the text encoder alone, naming each caption's attributes (its own
+                   loop), then frozen in the base
     3 base         the text-to-image UNet and text encoder, on still images (trainer stage `image`)
     4 adapter      the domain adapter on video frames, captioned as stills: it absorbs the watermark (`adapter`)
     5 motion       the motion module on clips captioned as stills, base and adapter frozen (`motion`)
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from ..checkpoints import load
 from ..checkpoints.export import save_sd15
 from ..checkpoints.io import CheckpointFile, save_file
+from ..checkpoints.loading import load_into
 from ..config import TOY_TEXT, TOY_UNET, TOY_VAE
 from ..models.clip import CLIPTextModel
 from ..models.unet import UNet3D
@@ -55,6 +58,7 @@ class Budget:
     style_images: int = 2000
     lora_clips: int = 50
     vae_steps: int = 4000
+    text_steps: int = 0  # the text encoder pretrained alone, then frozen (0: it learns with the UNet, as shipped)
     base_steps: int = 6000
     adapter_steps: int = 800
     motion_steps: int = 1500
@@ -85,9 +89,9 @@ MOTION_LORAS = {
 }
 
 # Seconds in CI: every stage runs, on a handful of samples.
-QUICK = Budget(images=24, videos=8, style_images=8, lora_clips=4, vae_steps=2, base_steps=2, adapter_steps=2,
-               motion_steps=2, personal_steps=2, style_lora_steps=2, pan_right_steps=2, zoom_in_steps=2,
-               image_batch=4, video_batch=2, vae_batch=4, workers=0)  # fmt: skip
+QUICK = Budget(images=24, videos=8, style_images=8, lora_clips=4, vae_steps=2, text_steps=2, base_steps=2,
+               adapter_steps=2, motion_steps=2, personal_steps=2, style_lora_steps=2, pan_right_steps=2,
+               zoom_in_steps=2, image_batch=4, video_batch=2, vae_batch=4, workers=0)  # fmt: skip
 
 
 def render_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
@@ -135,6 +139,49 @@ def reconstruction_adherence(vae: AutoencoderKL, n: int = 64, seed: int = 12345)
     return ok / n
 
 
+# What a caption names, each read back by a head in the text encoder's pretraining.
+ATTRIBUTES = {"color": tuple(world.COLORS), "shape": world.SHAPES, "size": tuple(world.SIZES),
+              "background": tuple(world.COLORS), "texture": world.TEXTURES}  # fmt: skip
+
+
+def train_text(text: CLIPTextModel, steps: int, seed: int, device: torch.device, log,
+               batch: int = 128) -> CLIPTextModel:  # fmt: skip
+    """The text encoder's own stage, in place of CLIP's pretraining: a linear head per attribute reads
+    it back from the caption's mean hidden state (a fifth of the captions leave the size out, as
+    prompts may). The base then trains with the encoder frozen, as Stable Diffusion did with CLIP.
+
+    Learning with the UNet instead, the encoder merges the words whose pictures the UNet's attention
+    (at 8x8 and 4x4 latents) cannot tell apart: in the shipped base "triangle" and "star" end 0.24
+    apart (circle and star 1.93), and the base draws one blob for both (docs/toy_world.md)."""
+    from ..models.tokenizer import load_tokenizer
+    from ..prompts import encode_ids, prompt_ids
+
+    rng = np.random.default_rng(seed)
+    tokenizer = load_tokenizer()
+    text = text.to(device).train()
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(text.config.hidden_size, len(v)) for k, v in ATTRIBUTES.items()})
+    heads = heads.to(device)
+    opt = torch.optim.AdamW([*text.parameters(), *heads.parameters()], lr=1e-3)
+    for step in range(steps):
+        scenes = [world.sample_scene(rng) for _ in range(batch)]
+        sized = rng.random(batch) < 0.8
+        ids, _ = prompt_ids(tokenizer, [world.caption(s, with_size=bool(w)) for s, w in zip(scenes, sized)])
+        pooled = encode_ids(text, ids, batch).mean(1)
+        loss, right = 0.0, []
+        for key, values in ATTRIBUTES.items():
+            keep = torch.from_numpy(sized) if key == "size" else torch.ones(batch, dtype=torch.bool)
+            target = torch.tensor([values.index(getattr(s, key)) for s in scenes], device=device)[keep.to(device)]
+            logits = heads[key](pooled[keep.to(device)])
+            loss = loss + F.cross_entropy(logits, target)
+            right.append((logits.argmax(1) == target).float().mean().item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 500 == 0 or step == steps - 1:
+            log(f"text step {step}: loss {loss.item():.4f}, attributes read right {min(right):.0%} (worst)")
+    return text.eval().cpu()
+
+
 LOGVAR_INIT = -8.0
 
 
@@ -178,6 +225,16 @@ def train_vae(steps: int, seed: int, device: torch.device, log, batch: int = 16)
     return vae
 
 
+def toy_vae_of(file: str | Path) -> AutoencoderKL:
+    """The VAE of a single file, which must be the toy world's (latent scale kept)."""
+    component = load(file).components.get("vae")
+    if component is None or replace(component.config, scaling_factor=TOY_VAE.scaling_factor) != TOY_VAE:
+        raise ValueError(f"{file} holds no toy-world VAE: pass a base single file such as toy_base.safetensors")
+    vae = AutoencoderKL(component.config)
+    load_into(vae, component)
+    return vae.float().eval()
+
+
 def stage_config(work: Path, name: str, stage: str, model: Path, data: dict, steps: int, budget: Budget, seed: int,
                  **extra) -> Config:  # fmt: skip
     from ..training.config import (
@@ -206,9 +263,14 @@ NEEDS = {"base": (), "adapter": ("base",), "motion": ("base", "adapter"), "perso
          "zoom_in": ("base", "adapter", "motion"), "conv1d": ("base", "adapter")}  # fmt: skip
 
 
-# With lanes: FIRST on every thread, then SIDE_LANE in a second process beside the rest, a thread each
-FIRST = ("base", "adapter", "motion")
-SIDE_LANE = ("personal", "style_lora", "conv1d")
+# With lanes: phase after phase, each of one lane (on every thread) or of two that need nothing from each
+# other (one thread each, the second in its own process), paired by the stages' one-thread times
+# (docs/toy_world.md): the motion module beside its ablation, then each MotionLoRA with an image stage.
+SCHEDULE = (
+    (("base", "adapter"),),
+    (("motion",), ("conv1d",)),
+    (("zoom_in", "style_lora"), ("pan_right", "personal")),
+)
 
 
 def _to_run(cfgs: dict[str, Config], only: tuple[str, ...], install: bool) -> list[str]:
@@ -253,7 +315,7 @@ def _threads(n: int):
 
 
 def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, install: bool = True, log=print,
-                 only: tuple[str, ...] = (), lanes: int = 1) -> dict:  # fmt: skip
+                 only: tuple[str, ...] = (), lanes: int = 1, vae_from: str | Path | None = None) -> dict:  # fmt: skip
     """Run every stage into `work`; with `install`, copy the results into the package (fp16).
 
     `only`: retrain just these stages (from scratch; their earlier output is removed), keeping the
@@ -261,8 +323,11 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     `only` runs with `install=False` whose stages do not need each other's can run side by side (e.g.
     the motion module and MotionLoRAs beside the personalised model and the ablation).
 
-    `lanes=2` (CPU only) does that by itself: FIRST on every thread, then SIDE_LANE in a second process
-    beside the MotionLoRAs, one thread each."""
+    `lanes=2` (CPU only) does that by itself, phase by phase (SCHEDULE): the base and adapter on every
+    thread, then two one-thread lanes at a time.
+
+    `vae_from`: a single file whose toy VAE is used instead of training one (its recipe is the same
+    whatever comes after it: the shipped base's VAE saves the half hour on a CPU)."""
     unknown = sorted(set(only) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
@@ -298,9 +363,16 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
 
     # The VAE loop keeps no checkpoints: the initial single file holding it is its resume point.
     if not init.exists():
-        vae = timed("vae", lambda: train_vae(budget.vae_steps, seed, device, log, budget.vae_batch))
+        if vae_from is not None:
+            vae = toy_vae_of(vae_from)
+            log(f"vae: {vae_from}'s")
+        else:
+            vae = timed("vae", lambda: train_vae(budget.vae_steps, seed, device, log, budget.vae_batch))
         torch.manual_seed(seed)
-        save_sd15(init, UNet3D(TOY_UNET), vae.cpu(), CLIPTextModel(TOY_TEXT))  # written atomically
+        unet, text = UNet3D(TOY_UNET), CLIPTextModel(TOY_TEXT)
+        if budget.text_steps:
+            text = timed("text", lambda: train_text(text, budget.text_steps, seed, device, log))
+        save_sd15(init, unet, vae.cpu(), text)  # written atomically
 
     # VAE latents are computed once per dataset (data.cache_dir): most of a step's cost otherwise
     cache = lambda name: str(work / "cache" / name)  # noqa: E731
@@ -316,8 +388,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     out = lambda name, stage: work / name / OUTPUT_NAMES[stage]  # noqa: E731  (where a stage's file lands)
     cfgs: dict[str, Config] = {}  # every stage's config, in STAGES order; inputs are earlier stages' outputs
 
-    base_train = {"batch_size": budget.image_batch, "lr": 5e-4, "warmup_steps": 200, "train_text_encoder": True,
-                  **fast}  # fmt: skip
+    base_train = {"batch_size": budget.image_batch, "lr": 5e-4, "warmup_steps": 200,
+                  "train_text_encoder": not budget.text_steps, **fast}  # fmt: skip
     cfgs["base"] = stage_config(work, "base", "image", init, {**images, "caption_dropout": 0.1}, budget.base_steps,
                                 budget, seed, train=base_train, validation={**probe, "frames": 1})  # fmt: skip
     base = out("base", "image")
@@ -350,16 +422,16 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
 
     todo = _to_run(cfgs, only, install)
     if lanes > 1 and device.type == "cpu":
-        # what everything else trains on first, on every thread; then the rest in two one-thread lanes (on
-        # a 2-core CPU 1.2-1.5x the throughput of one two-thread run: docs/toy_world.md)
-        for name in [n for n in todo if n in FIRST]:
-            times[name] = run_stage(name, cfgs[name], log)
-        side = [(n, cfgs[n]) for n in todo if n in SIDE_LANE]
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _threads(1):
-            lane = pool.submit(_run_lane, side) if side else None
-            for name in [n for n in todo if n not in FIRST and n not in SIDE_LANE]:
-                times[name] = run_stage(name, cfgs[name], log)
-            times.update(lane.result() if lane else {})
+        for phase in SCHEDULE:
+            busy = [[n for n in lane if n in todo] for lane in phase]
+            busy = [lane for lane in busy if lane]
+            if len(busy) < 2:  # alone (or all done): on every thread
+                times.update({name: run_stage(name, cfgs[name], log) for lane in busy for name in lane})
+                continue
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _threads(1):
+                other = pool.submit(_run_lane, [(n, cfgs[n]) for n in busy[1]])
+                times.update({name: run_stage(name, cfgs[name], log) for name in busy[0]})
+                times.update(other.result())
     else:
         for name in todo:
             times[name] = run_stage(name, cfgs[name], log)
@@ -398,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--long", action="store_true", help="about 3x the default steps (hours on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-install", action="store_true", help="leave the package's embedded files alone")
+    ap.add_argument("--vae", type=Path, metavar="FILE", help="use this single file's toy VAE instead of training one "
+                    "(e.g. the shipped toy_base.safetensors; when WORK has no init.safetensors yet)")  # fmt: skip
     ap.add_argument("--lanes", type=int, choices=(1, 2), default=1, help="2: on a CPU, train the stages that do not "
                     "need each other in two one-thread processes (docs/toy_world.md)")  # fmt: skip
     ap.add_argument(
@@ -409,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     budget = QUICK if args.quick else LONG if args.long else Budget()
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())  # train_family checks the names
-    out = train_family(args.work, budget, args.seed, install=not args.no_install, only=only, lanes=args.lanes)
+    out = train_family(args.work, budget, args.seed, install=not args.no_install, only=only, lanes=args.lanes,
+                      vae_from=args.vae)  # fmt: skip
     print(json.dumps(out["times"], indent=1))
     return 0
