@@ -148,13 +148,16 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
             train_family(tmp_path / "work", QUICK, seed=0, install=install, log=lambda *_: None, only=only)
 
 
-def test_a_vae_is_taken_only_from_a_toy_single_file():
-    from animatediff.toy.train import toy_vae_of
+def test_a_vae_is_taken_only_from_a_toy_single_file(tmp_path):
+    from animatediff.toy.train import QUICK, toy_vae_of, train_family
 
     assert toy_vae_of(models.path("base")).config.scaling_factor == load(models.path("base")).components[
         "vae"].config.scaling_factor  # fmt: skip
     with pytest.raises(ValueError, match="holds no toy-world VAE"):
         toy_vae_of(models.path("motion"))
+    with pytest.raises(ValueError, match="holds no toy-world VAE"):  # before any dataset is written
+        train_family(tmp_path, QUICK, install=False, log=lambda *_: None, vae_from=models.path("motion"))
+    assert not (tmp_path / "data").exists()
 
 
 def test_text_pretraining_tells_apart_what_the_base_merged():

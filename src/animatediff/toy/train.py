@@ -346,6 +346,7 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     init = work / "init.safetensors"  # the VAE (and the untrained base): every other stage starts from it
     if only and not init.exists():
         raise FileNotFoundError(f"no trained family in {work} yet: train without --only first")
+    given_vae = toy_vae_of(vae_from) if vae_from is not None and not init.exists() else None  # checked first
     data = work / "data"
     kinds_all = world.MOTIONS
     # Clips are captioned as stills. The motion layers read no text, and the base's text encoder never
@@ -363,8 +364,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
 
     # The VAE loop keeps no checkpoints: the initial single file holding it is its resume point.
     if not init.exists():
-        if vae_from is not None:
-            vae = toy_vae_of(vae_from)
+        if given_vae is not None:
+            vae = given_vae
             log(f"vae: {vae_from}'s")
         else:
             vae = timed("vae", lambda: train_vae(budget.vae_steps, seed, device, log, budget.vae_batch))
