@@ -4,6 +4,7 @@ end to end through the real trainer, and the shipped model family."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,9 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     after = stamps()
     assert [k for k in FILES if after[k] != before[k]] == ["zoom_in"]
     assert set(again["times"]) == {"datasets", "zoom_in"}  # the kept stages did not run
+    with pytest.raises(ValueError, match="made with text_steps 2, this recipe has 0"):  # nothing removed
+        train_family(tmp_path / "work", replace(QUICK, text_steps=0), install=False, only=("base",))
+    assert Path(out["files"]["base"]).stat().st_mtime_ns == after["base"]
     with pytest.raises(ValueError, match="unknown stage"):
         train_family(tmp_path / "work", QUICK, install=False, only=("zoom",))
     with pytest.raises(FileNotFoundError, match="train without --only first"):

@@ -347,6 +347,12 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     if only and not init.exists():
         raise FileNotFoundError(f"no trained family in {work} yet: train without --only first")
     given_vae = toy_vae_of(vae_from) if vae_from is not None and not init.exists() else None  # checked first
+    made = work / "init.json"  # how init's text encoder was made (none written: learnt with the UNet)
+    if init.exists():
+        made_with = json.loads(made.read_text())["text_steps"] if made.exists() else 0
+        if made_with != budget.text_steps:
+            raise ValueError(f"{init} was made with text_steps {made_with}, this recipe has {budget.text_steps}: "
+                             "train into a fresh --work")  # fmt: skip
     data = work / "data"
     kinds_all = world.MOTIONS
     # Clips are captioned as stills. The motion layers read no text, and the base's text encoder never
@@ -373,7 +379,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
         unet, text = UNet3D(TOY_UNET), CLIPTextModel(TOY_TEXT)
         if budget.text_steps:
             text = timed("text", lambda: train_text(text, budget.text_steps, seed, device, log))
-        save_sd15(init, unet, vae.cpu(), text)  # written atomically
+        made.write_text(json.dumps({"text_steps": budget.text_steps}))
+        save_sd15(init, unet, vae.cpu(), text)  # written atomically, after its record
 
     # VAE latents are computed once per dataset (data.cache_dir): most of a step's cost otherwise
     cache = lambda name: str(work / "cache" / name)  # noqa: E731
