@@ -50,8 +50,8 @@ from .models import FILES, weights_dir
 
 @dataclass(frozen=True)
 class Budget:
-    """Sized to train the whole family in about 3.8 h on the 2-core CPU, stage after stage (2.6 h in two
-    one-thread lanes, `--lanes 2`; minutes on a GPU)."""
+    """Sized to train the whole family in about 3.8 h on the 2-core CPU, stage after stage (with
+    `--lanes 2` an estimated 2.5 h, 2 h with `--vae`; minutes on a GPU)."""
 
     images: int = 20000
     videos: int = 4000
@@ -169,9 +169,9 @@ def train_text(text: CLIPTextModel, steps: int, seed: int, device: torch.device,
         pooled = encode_ids(text, ids, batch).mean(1)
         loss, right = 0.0, []
         for key, values in ATTRIBUTES.items():
-            keep = torch.from_numpy(sized) if key == "size" else torch.ones(batch, dtype=torch.bool)
-            target = torch.tensor([values.index(getattr(s, key)) for s in scenes], device=device)[keep.to(device)]
-            logits = heads[key](pooled[keep.to(device)])
+            keep = (torch.from_numpy(sized) if key == "size" else torch.ones(batch, dtype=torch.bool)).to(device)
+            target = torch.tensor([values.index(getattr(s, key)) for s in scenes], device=device)[keep]
+            logits = heads[key](pooled[keep])
             loss = loss + F.cross_entropy(logits, target)
             right.append((logits.argmax(1) == target).float().mean().item())
         loss.backward()
