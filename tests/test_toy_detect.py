@@ -178,3 +178,20 @@ def test_never_crashes_on_odd_frames():
     assert m["found"] == 0.0 and m["consistency"] == 0.0 and m["flicker"] > 50
     motion_kind(m)
     motion_kind(video_metrics(odd["black"][None]))
+
+
+def test_stray_pixels_on_a_plain_background_are_not_an_object():
+    # Scattered off-colour pixels can unmix to zero coverage: the fit once divided by that zero area
+    # and indexed with the NaN (IndexError on a generated frame in `toy eval`).
+    frame = np.tile(np.array([40, 170, 60], np.uint8), (64, 64, 1))
+    ys, xs = [18, 24, 29, 45, 51, 55, 61], [19, 58, 32, 37, 12, 57, 41]
+    frame[ys, xs] = [[25, 203, 1], [30, 75, 85], [100, 171, 249], [41, 152, 11], [190, 147, 184],
+                     [193, 97, 39], [245, 18, 156]]  # fmt: skip
+    det = detect(frame)
+    assert not det.found and det.shape is None
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # more of the same kind: never an exception
+        frame = np.tile(rng.integers(0, 256, 3, dtype=np.uint8), (64, 64, 1))
+        n = int(rng.integers(1, 8))
+        frame[rng.integers(0, 64, n), rng.integers(0, 64, n)] = rng.integers(0, 256, (n, 3))
+        detect(frame)

@@ -286,6 +286,8 @@ def _fit_shape(filled: np.ndarray, alpha: np.ndarray, region: np.ndarray):
     inner = ~_dilate(~filled, diagonal=False)  # all but the outer edge, whose coverage alpha tells
     w = np.where(region, np.where(inner, 1.0, np.clip(alpha, 0, 1)), 0).astype(np.float32)  # soft filled object
     area = float(w.sum())
+    if not area > 0:  # stray pixels whose colour unmixes to no coverage at all: nothing to fit
+        return None, 0.0, _N / 2, _N / 2, 0.0, "filled"
     cx, cy = float((w * _XX).sum() / area), float((w * _YY).sum() / area)
     ux, uy, target, a_obs = _XX[region] - cx, _YY[region] - cy, w[region], alpha[region]
     best = None
