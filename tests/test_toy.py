@@ -313,11 +313,23 @@ def test_targets_are_judged_from_the_rows():
         assert [t.measure(changed)[1] for t in _targets()].index(False) == i, (row, values)
 
 
-# What the CI evaluation (2 prompts, seed 0) measured on the shipped family, less a margin: a retrained
-# or broken family that falls below fails here. The issue's targets are higher (docs/toy_eval.md says
-# which are met); the floors follow the family as it improves. A floor of 0 could not fail: none is set.
-# The MotionLoRAs' hits are two videos: one may miss.
-FLOORS = {'base, frame by frame': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}, 'base + motion module': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8), 'watermark': ('<=', 0.1)}, 'outlined, frame by frame': {'consistency': ('>=', 0.39)}, 'outlined + motion module': {'consistency': ('>=', 0.33)}, 'base + outlined LoRA + motion module': {'consistency': ('>=', 0.14)}, '+ MotionLoRA pan right': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8), 'lora hit': ('>=', 0.5)}, '+ MotionLoRA zoom in': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8), 'lora hit': ('>=', 0.5)}, '+ domain adapter at scale 1': {'adherence': ('>=', 0.76), 'consistency': ('>=', 0.76), 'watermark': ('>=', 0.23)}, 'conv1d motion module (ablation)': {'adherence': ('>=', 0.8), 'consistency': ('>=', 0.8)}}  # noqa: E501
+# What the CI evaluation (2 prompts, seed 0) measured on the shipped family, less a margin: 0.1 on
+# adherence and consistency (at most 0.8), a quarter on the style and watermark shares, so that a style
+# or adapter that does nothing fails. A retrained or broken family that falls below fails here. The
+# issue's targets are higher (docs/toy_eval.md says which are met); the floors follow the family as it
+# improves. A floor of 0 could not fail: none is set. The MotionLoRAs' hits are two videos: one may miss.
+FLOORS = {
+    "base, frame by frame": {"adherence": (">=", 0.8), "consistency": (">=", 0.8)},
+    "base + motion module": {"adherence": (">=", 0.78), "consistency": (">=", 0.78), "watermark": ("<=", 0.1)},
+    "outlined, frame by frame": {"adherence": (">=", 0.31), "consistency": (">=", 0.43), "outlined": (">=", 0.69)},
+    "outlined + motion module": {"adherence": (">=", 0.12), "consistency": (">=", 0.15), "outlined": (">=", 0.75)},
+    "base + outlined LoRA + motion module": {"adherence": (">=", 0.65), "consistency": (">=", 0.65),
+                                             "outlined": (">=", 0.25)},
+    "+ MotionLoRA pan right": {"adherence": (">=", 0.79), "consistency": (">=", 0.79), "lora hit": (">=", 0.5)},
+    "+ MotionLoRA zoom in": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "lora hit": (">=", 0.5)},
+    "+ domain adapter at scale 1": {"adherence": (">=", 0.4), "consistency": (">=", 0.59), "watermark": (">=", 0.25)},
+    "conv1d motion module (ablation)": {"adherence": (">=", 0.8), "consistency": (">=", 0.8)},
+}  # fmt: skip
 
 
 def test_evaluation_runs_every_setting():
