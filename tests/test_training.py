@@ -621,3 +621,40 @@ def test_debiased_loss_weighs_motion_over_appearance(world, tmp_path, monkeypatc
     assert losses["debiased"] == pytest.approx(plain + extra, rel=1e-4) and extra > 0.5 * plain
     with pytest.raises(ConfigError, match="debias_beta must be positive and is for the motion stages"):
         validate_raw(config(world, tmp_path / "bad", "image", train={"debias_beta": 1.0}))
+
+
+def test_locon_image_lora_trains_and_merges_as_it_trained(world, tmp_path):
+    """An image LoRA on the ResNet convolutions too (LoCon): written in kohya's layout with 4-D conv
+    pairs, it reads back as a plain LoRA and, merged, the UNet gives what the wrapped layers gave."""
+    from animatediff.checkpoints import LoraSet
+    from animatediff.training import lora as lora_layers
+
+    targets = [lora_layers.IMAGE_ATTENTION, lora_layers.IMAGE_RESNET_CONV]
+    path = Trainer(validate_raw(config(world, tmp_path, "image_lora", train={"steps": 2, "lora_targets": targets})),
+                   resume="none").run()  # fmt: skip
+    tensors = safetensors.torch.load_file(path)
+    convs = [k for k in tensors if "_resnets_" in k and k.endswith(".lora_down.weight")]
+    assert convs and all(tensors[k].ndim == 4 and tensors[k].shape[2:] == (3, 3) for k in convs)
+    assert all(tensors[k.replace("lora_down", "lora_up")].shape[2:] == (1, 1) for k in convs)
+
+    unet = UNet3D(TINY_UNET).eval().requires_grad_(False)
+    plain = {k: v.clone() for k, v in unet.state_dict().items()}
+    x, t, text = torch.randn(1, 4, 2, 16, 16), torch.tensor([500]), torch.randn(1, 77, TINY_UNET.cross_attention_dim)
+    with torch.no_grad():
+        before = unet(x, t, text)
+    lora, kind = load_lora(path, {"unet": unet})
+    assert kind == "lora" and any(w.down.ndim == 4 for w in lora.weights)
+    wrapped = lora_layers.inject(unet, targets, rank=4)
+    assert set(wrapped) == {w.module for w in lora.weights}
+    with torch.no_grad():  # the file's pairs in the training-time layers (alpha = rank: factor 1)
+        for w in lora.weights:
+            wrapped[w.module].down.weight.copy_(w.down)
+            wrapped[w.module].up.weight.copy_(w.up)
+    with torch.no_grad():
+        trained = unet(x, t, text)
+        lora_layers.remove(unet, wrapped)
+        unet.load_state_dict(plain)
+        LoraSet(unet).add("style", lora.weights, 1.0)
+        merged = unet(x, t, text)
+    assert (trained - before).abs().max() > 1e-5  # the pairs do something
+    torch.testing.assert_close(merged, trained, atol=1e-5, rtol=1e-5)

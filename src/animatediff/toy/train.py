@@ -418,6 +418,7 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     # its stills, 1,800 at 3e-4 54% (docs/toy_world.md)
     cfgs["personal"] = stage_config(work, "personal", "image", base, outlined, budget.personal_steps, budget, seed,
                                     train={"batch_size": budget.image_batch, "lr": 3e-4, **fast})  # fmt: skip
+    # on attention only: a LoCon (lora.IMAGE_RESNET_CONV too) outlined about as few frames (docs/toy_world.md)
     cfgs["style_lora"] = stage_config(work, "style_lora", "image_lora", base, outlined, budget.style_lora_steps,
                                       budget, seed, train=lora_train)  # fmt: skip
     motion_lora_train = {**lora_train, "batch_size": budget.video_batch}
