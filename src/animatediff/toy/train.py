@@ -439,6 +439,11 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
             if len(busy) < 2:  # alone (or all done): on every thread
                 times.update({name: run_stage(name, cfgs[name], log) for lane in busy for name in lane})
                 continue
+            # each lane would build its first stage's latent cache on one thread, and both the same one
+            # when they read the same clips (motion and conv1d): built here first, once, on every thread
+            for lane in busy:
+                if cfgs[lane[0]].data.cache_dir:
+                    Trainer(cfgs[lane[0]], resume="none")  # setting a stage up builds its cache
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _threads(1):
                 other = pool.submit(_run_lane, [(n, cfgs[n]) for n in busy[1]])
                 times.update({name: run_stage(name, cfgs[name], log) for name in busy[0]})
