@@ -278,7 +278,7 @@ def _to_run(cfgs: dict[str, Config], only: tuple[str, ...], install: bool) -> li
     the file that later stages' latent caches were made from); one that was interrupted resumes from its
     last checkpoint. With `only`, just those run, from scratch, and every output they (or the install)
     need must exist: checked before anything is removed or trained."""
-    done = {name: Path(c.output_dir) / OUTPUT_NAMES[c.stage] for name, c in cfgs.items()}
+    done = {name: _output(c) for name, c in cfgs.items()}
     if not only:
         return [name for name in STAGES if not done[name].exists()]
     for name in STAGES:
@@ -288,6 +288,10 @@ def _to_run(cfgs: dict[str, Config], only: tuple[str, ...], install: bool) -> li
     for name in only:
         shutil.rmtree(cfgs[name].output_dir, ignore_errors=True)
     return [name for name in STAGES if name in only]
+
+
+def _output(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / OUTPUT_NAMES[cfg.stage]
 
 
 def run_stage(name: str, cfg: Config, log=print) -> float:
@@ -439,11 +443,12 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
             if len(busy) < 2:  # alone (or all done): on every thread
                 times.update({name: run_stage(name, cfgs[name], log) for lane in busy for name in lane})
                 continue
-            # each lane would build its first stage's latent cache on one thread, and both the same one
-            # when they read the same clips (motion and conv1d): built here first, once, on every thread
-            for lane in busy:
-                if cfgs[lane[0]].data.cache_dir:
-                    Trainer(cfgs[lane[0]], resume="none")  # setting a stage up builds its cache
+            # each lane would build its stages' latent caches on one thread, and two lanes the same one when
+            # they read the same data (motion and conv1d; personal and style_lora): built here first, once,
+            # on every thread, for each stage whose inputs are there already
+            for name in (n for lane in busy for n in lane):
+                if cfgs[name].data.cache_dir and all(_output(cfgs[n]).exists() for n in NEEDS[name]):
+                    Trainer(cfgs[name], resume="none")  # setting a stage up builds its cache
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, _threads(1):
                 other = pool.submit(_run_lane, [(n, cfgs[n]) for n in busy[1]])
                 times.update({name: run_stage(name, cfgs[name], log) for name in busy[0]})
