@@ -47,13 +47,17 @@ def _clip(seed: int, i: int, kinds: tuple[str, ...], style: str = "filled"):
 
 
 def frame_sample(seed: int, i: int, kinds: tuple[str, ...] = world.MOTIONS, frames: int = 16) -> tuple[np.ndarray, str]:
-    """One watermarked frame of `video_sample(seed, i)`'s clip, captioned as a still (no motion words).
+    """The middle frame of `video_sample(seed, i)`'s clip, watermarked, captioned as a still (no motion words).
 
     The domain adapter's data: a single frame shows no motion, and the base's text encoder never saw
     the motion words. An adapter trained on them learnt to undo those unknown words, and that changed
-    how it read every caption (on stills: backgrounds right 47% of frames, against 100% with these)."""
-    rng, scene, motion, with_size = _clip(seed, i, kinds)
-    args = world.trajectory(scene, motion, frames)[int(rng.integers(frames))]
+    how it read every caption (on stills: backgrounds right 47% of frames, against 100% with these).
+    The middle frame is the clip's scene as sampled (half a frame of motion away), so the frames differ
+    from stills by the watermark alone; a random frame also shows where motion takes objects (off the
+    centre, over the edge, turned, grown), the adapter learnt that too, and the motion module trained
+    on it moved large objects and kept shapes less without it (docs/toy_world.md)."""
+    _, scene, motion, with_size = _clip(seed, i, kinds)
+    args = world.trajectory(scene, motion, frames)[frames // 2]
     return world.render(**args, watermark=True), world.caption(scene, with_size=with_size)
 
 
@@ -93,7 +97,7 @@ def write_frames(folder: str | os.PathLike, n: int, seed: int, kinds: tuple[str,
         Image.fromarray(frame).save(stem.with_suffix(".png"))
         stem.with_suffix(".txt").write_text(text)
 
-    return _write(folder, n, ".png", ("frames", seed, kinds), one)
+    return _write(folder, n, ".png", ("middle frames", seed, kinds), one)
 
 
 def write_videos(
