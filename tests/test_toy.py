@@ -320,15 +320,15 @@ def test_targets_are_judged_from_the_rows():
 # improves. A floor of 0 could not fail: none is set. The MotionLoRAs' hits are two videos: one may miss.
 FLOORS = {
     "base, frame by frame": {"adherence": (">=", 0.8), "consistency": (">=", 0.8)},
-    "base + motion module": {"adherence": (">=", 0.78), "consistency": (">=", 0.78), "watermark": ("<=", 0.1)},
+    "base + motion module": {"adherence": (">=", 0.68), "consistency": (">=", 0.68), "watermark": ("<=", 0.1)},
     "outlined, frame by frame": {"adherence": (">=", 0.31), "consistency": (">=", 0.43), "outlined": (">=", 0.69)},
-    "outlined + motion module": {"adherence": (">=", 0.12), "consistency": (">=", 0.15), "outlined": (">=", 0.75)},
-    "base + outlined LoRA + motion module": {"adherence": (">=", 0.65), "consistency": (">=", 0.65),
-                                             "outlined": (">=", 0.25)},
-    "+ MotionLoRA pan right": {"adherence": (">=", 0.79), "consistency": (">=", 0.79), "lora hit": (">=", 0.5)},
+    "outlined + motion module": {"adherence": (">=", 0.02), "consistency": (">=", 0.09), "outlined": (">=", 0.25)},
+    "base + outlined LoRA + motion module": {"adherence": (">=", 0.68), "consistency": (">=", 0.68),
+                                             "outlined": (">=", 0.41)},
+    "+ MotionLoRA pan right": {"adherence": (">=", 0.62), "consistency": (">=", 0.65), "lora hit": (">=", 0.5)},
     "+ MotionLoRA zoom in": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "lora hit": (">=", 0.5)},
-    "+ domain adapter at scale 1": {"adherence": (">=", 0.4), "consistency": (">=", 0.59), "watermark": (">=", 0.25)},
-    "conv1d motion module (ablation)": {"adherence": (">=", 0.8), "consistency": (">=", 0.8)},
+    "+ domain adapter at scale 1": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "watermark": (">=", 0.75)},
+    "conv1d motion module (ablation)": {"adherence": (">=", 0.52), "consistency": (">=", 0.52)},
 }  # fmt: skip
 
 
