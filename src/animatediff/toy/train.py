@@ -398,7 +398,7 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
 
     # Min-SNR-gamma weighting and a cosine decay: several times faster to a sharp model from scratch
     fast = {"snr_gamma": 5.0, "schedule": "cosine"}
-    # ...but min-SNR weighs the low-noise steps down (t < ~130 on this schedule), where small details are drawn:
+    # ...but min-SNR weighs the low-noise steps down (t < 120 on this schedule), where small details are drawn:
     # the adapter, whose watermark is one, trains on plain MSE (on stills: the watermark in 64% of frames against
     # 30% at the same lr, the prompt in 92% against 94%). The motion module keeps min-SNR: on plain MSE the
     # low-noise steps' large errors took over and it kept shapes but hardly moved (19% of videos; docs/toy_world.md)
