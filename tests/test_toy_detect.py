@@ -112,6 +112,11 @@ def test_a_clip_that_slides_and_changes_size_is_named_by_the_larger_motion():
     m = _slide_and_scale(20.0, 1.2)
     assert 1.15 < m["scale_change"] < 1.3 and m["dx"] < -18, m
     assert motion_kind(m) == "left" and motion_matches(m, "pan right"), m
+    # the same across the centre while shrinking: a zoom out would pull the object toward the centre, not
+    # past it, so this is a slide too
+    m = _slide_and_scale(20.0, 0.85)
+    assert 0.8 < m["scale_change"] < 0.9 and m["dx"] < -18, m
+    assert motion_kind(m) == "left" and motion_matches(m, "pan right"), m
     # ... and a 1.7x growth outweighs a 4 px drift
     m = _slide_and_scale(4.0, 1.7)
     assert motion_kind(m) == "growing" and m["moving"], m
