@@ -553,10 +553,10 @@ def motion_kind(m: dict) -> str:
             c = _N / 2
             o0 = np.array([m["x_start"] - c, m["y_start"] - c])
             o1 = np.array([m["x_end"] - c, m["y_end"] - c])
-            # the zoom must account for most of the drift: one that slides the object across the centre
-            # while it shrinks is a slide, however little better the scaled start point fits than none
-            left, drift = np.linalg.norm(o1 - o0 * scale), np.linalg.norm(o1 - o0)
-            if left + 1.0 < drift and left < 0.5 * drift:
+            # the zoom must account for most of the drift (by more than 1 px of tracking noise): an object
+            # that crosses the centre while it shrinks slides, since a zoom out only pulls it inward
+            unexplained, drift = np.linalg.norm(o1 - o0 * scale), np.linalg.norm(o1 - o0)
+            if unexplained + 1.0 < drift and unexplained < 0.5 * drift:
                 return "zoom in" if scale > 1 else "zoom out"
         if abs(math.log(scale)) / _UNIT_SCALE >= m["displacement"] / _UNIT_SLIDE:
             return "growing" if scale > 1 else "shrinking"
