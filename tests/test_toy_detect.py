@@ -96,6 +96,11 @@ def test_zoom_on_plain_background_matches():
         m = video_metrics(frames)
         assert motion_matches(m, "zoom in") and not motion_matches(m, "zoom out"), (scene, m, motion_kind(m))
     assert motion_kind(m) == "growing"
+    # off centre, the world's own zooms are named zooms: the object moves along its line from the centre
+    for kind in ("zoom in", "zoom out"):
+        for x, y in ((20.0, 22.0), (44.0, 40.0)):
+            scene, frames = _video(kind, 4, texture="plain", size="small", x=x, y=y)
+            assert motion_kind(video_metrics(frames)) == kind, scene
 
 
 def _slide_and_scale(slide: float, ratio: float) -> dict:
