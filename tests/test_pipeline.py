@@ -200,6 +200,20 @@ def test_prompt_embeds_and_latents_inputs(pipe):
     assert torch.equal(by_seed, by_text)  # a seed's noise is a float32 CPU draw of exactly this shape
 
 
+def test_guidance_defaults_to_the_models_scale(pipe):
+    """No guidance given: the pipeline's default_guidance (7.5 unless the model family says otherwise)."""
+    args = dict(frames=2, steps=2, seed=3, progress=False)
+    assert pipe.default_guidance == 7.5
+    try:
+        pipe.default_guidance = 3.0
+        told = pipe("a", guidance=3.0, output="latents", **args)
+        assert torch.equal(pipe("a", output="latents", **args), told)
+        assert not torch.equal(pipe("a", guidance=7.5, output="latents", **args), told)
+        assert pipe("a", **args).metadata["guidance"] == "3.0"
+    finally:
+        pipe.default_guidance = 7.5
+
+
 def test_guidance_one_skips_the_negative_prompt(pipe):
     args = dict(frames=2, steps=2, seed=3, progress=False, output="latents", guidance=1.0)
     assert torch.equal(pipe("a", "something", **args), pipe("a", "else entirely", **args))

@@ -54,6 +54,7 @@ class AnimateDiff:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         default_size: int | None = None,
+        default_guidance: float = 7.5,
         offload: bool = False,
         notes: Sequence[str] = (),
     ):
@@ -63,6 +64,8 @@ class AnimateDiff:
         self.device, self.dtype = torch.device(device), dtype
         # Unless told, the size the UNet was trained at (512 for SD1.5, 64 for the toy family).
         self.default_size = default_size or unet.config.sample_size * self.vae_downscale
+        # The CFG scale a call gets unless told: SD1.5's usual 7.5; a family tuned otherwise says so.
+        self.default_guidance = default_guidance
         self.offload = offload
         self.notes = list(notes)
         self.loras = {"unet": LoraSet(unet), "text_encoder": LoraSet(text_encoder)}
@@ -212,7 +215,7 @@ class AnimateDiff:
         height: int | None = None,
         width: int | None = None,
         steps: int = 25,
-        guidance: float = 7.5,
+        guidance: float | None = None,
         seed: int | Sequence[int] | None = None,
         sampler: str = "ddim",
         eta: float = 0.0,
@@ -229,7 +232,9 @@ class AnimateDiff:
         output: str = "video",
     ) -> Video | list[Video] | torch.Tensor:
         """Generate one video per prompt (or per seed). Returns a Video, or a list for a batch;
-        `output="latents"` returns the final latents [B, 4, F, h, w] instead (before the VAE)."""
+        `output="latents"` returns the final latents [B, 4, F, h, w] instead (before the VAE).
+        `guidance` defaults to the model's (`default_guidance`: 7.5, or the toy family's own)."""
+        guidance = self.default_guidance if guidance is None else guidance
         single = isinstance(prompt, str) and (seed is None or isinstance(seed, int)) and prompt_embeds is None
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = self._seeds(seed, len(prompts) if prompt_embeds is None else prompt_embeds.shape[0])

@@ -27,7 +27,7 @@ import torch
 
 from . import world
 from .detect import motion_matches, video_metrics
-from .models import path
+from .models import GUIDANCE, path
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def build(setting: Setting, cache: dict):
 
 
 def evaluate(
-    n_prompts: int = 8, seeds: tuple[int, ...] = (0, 1), steps: int = 25, frames: int = 16,
-    settings: tuple[Setting, ...] = SETTINGS, gif_dir: Path | None = None, log=print,
+    n_prompts: int = 8, seeds: tuple[int, ...] = (0, 1, 2, 3), steps: int = 25, frames: int = 16,
+    guidance: float = GUIDANCE, settings: tuple[Setting, ...] = SETTINGS, gif_dir: Path | None = None, log=print,
 ) -> list[Row]:  # fmt: skip
     rows, cache = [], {}
     for setting in settings:
@@ -123,7 +123,7 @@ def evaluate(
             for seed in seeds:
                 with torch.no_grad():
                     video = pipe(prompt, frames=frames, height=world.SIZE, width=world.SIZE, steps=steps, seed=seed,
-                                 progress=False)  # fmt: skip
+                                 guidance=guidance, progress=False)  # fmt: skip
                 row.metrics.append(video_metrics(video.frames, scene))
                 if gif_dir is not None and i == 0 and seed == seeds[0]:
                     gif_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +234,9 @@ def targets(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="animatediff toy eval", description="Measure the paper's claims (toy world).")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per prompt (default 4: 32 videos a row)")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=GUIDANCE, help=f"CFG scale (default {GUIDANCE:g}, the family's)")
     ap.add_argument("--quick", action="store_true", help="4 prompts, 1 seed (what CI runs)")
     ap.add_argument("--write", type=Path, help="also write the table to this markdown file (e.g. docs/toy_eval.md)")
     ap.add_argument("--gifs", type=Path, help="save one GIF per setting here (e.g. docs/images)")
@@ -244,18 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     if not path("base").exists():
         print("error: the embedded toy model is not trained yet: run `animatediff toy train` first")
         return 2
-    rows = evaluate(n, seeds, args.steps, gif_dir=args.gifs)
-    text = report(rows, n, len(seeds), args.steps)
+    rows = evaluate(n, seeds, args.steps, guidance=args.guidance, gif_dir=args.gifs)
+    text = report(rows, n, len(seeds), args.steps, args.guidance)
     print(text)
     if args.write:
         args.write.write_text(text)
     return 0
 
 
-def report(rows: list[Row], n_prompts: int, n_seeds: int, steps: int) -> str:
+def report(rows: list[Row], n_prompts: int, n_seeds: int, steps: int, guidance: float = GUIDANCE) -> str:
     """The markdown page `--write` saves: how it was measured, the table, the targets."""
     how = (f"Measured on the shipped family: {n_prompts} prompts x {n_seeds} seeds per row, 16 frames "
-           f"{world.SIZE}x{world.SIZE}, {steps} DDIM steps, CFG 7.5, on the CPU (float32). Each GIF is the first "
-           f"prompt (*\"{prompts(1)[0]}\"*), seed 0.")  # fmt: skip
+           f"{world.SIZE}x{world.SIZE}, {steps} DDIM steps, CFG {guidance:g}, on the CPU (float32). Each GIF is "
+           f"the first prompt (*\"{prompts(1)[0]}\"*), seed 0.")  # fmt: skip
     return (f"# Toy-world evaluation\n\n`animatediff toy eval --prompts {n_prompts} --seeds {n_seeds}`\n\n{how}\n\n"
             f"{table(rows)}\n{targets(rows)}")  # fmt: skip

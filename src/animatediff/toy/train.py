@@ -45,7 +45,7 @@ from ..training.config import Config, validate
 from ..training.loop import Trainer
 from ..training.stages import OUTPUT_NAMES
 from . import dataset, world
-from .models import FILES, weights_dir
+from .models import FILES, GUIDANCE, weights_dir
 
 
 @dataclass(frozen=True)
@@ -393,7 +393,7 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     videos = {"videos": str(data / "videos"), "size": world.SIZE, "frames": 16, "stride": 1,
               "cache_dir": cache("videos")}  # fmt: skip
     probe = {"prompts": ("a large red circle on a blue background", "a small yellow star on a green background"),
-             "seeds": (1,), "steps": 25, "frames": 16, "size": world.SIZE,
+             "seeds": (1,), "steps": 25, "guidance": GUIDANCE, "frames": 16, "size": world.SIZE,
              "every": max(1000, budget.motion_steps // 2)}  # fmt: skip
 
     # Min-SNR-gamma weighting and a cosine decay: several times faster to a sharp model from scratch
