@@ -320,8 +320,8 @@ def test_targets_are_judged_from_the_rows():
         assert [t.measure(changed)[1] for t in _targets()].index(False) == i, (row, values)
 
 
-# What the CI evaluation (2 prompts, seed 0, the family's CFG 4) measured on the shipped family, less a margin: 0.1 on
-# adherence and consistency (at most 0.8), a quarter on the style and watermark shares, so that a style
+# What the CI evaluation (2 prompts, seed 0, the family's CFG 4) measured on the shipped family, less a
+# margin: 0.1 on adherence and consistency (at most 0.8), a quarter on the style and watermark shares, so that a style
 # or adapter that does nothing fails. A retrained or broken family that falls below fails here. The
 # issue's targets are higher (docs/toy_eval.md says which are met); the floors follow the family as it
 # improves. A floor of 0 could not fail: none is set. The MotionLoRAs' hits are two videos: one may miss.

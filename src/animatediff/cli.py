@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's)")
     g.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     g.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: the model's: 7.5; the embedded toy model: 4)")
+                   help="classifier-free guidance scale (default: the model's: 7.5, or the embedded toy model's own)")
     g.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale 0..1 (default 0)")
     g.add_argument("--seed", type=int, help="random seed (default: random; printed and saved in the file)")
     g.add_argument("--sampler", default="ddim", help="ddim, euler, euler_a, euler_karras, dpmpp_2m, "
