@@ -112,10 +112,26 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     from animatediff.toy import train
     from animatediff.toy.train import QUICK, install_files, train_family
 
+    trained_on = {}  # each stage's starting model
+
+    def run_stage(name, cfg, log=print):
+        trained_on[name] = Path(cfg.model)
+        return real_run_stage(name, cfg, log)
+
+    real_run_stage = train.run_stage
+    monkeypatch.setattr(train, "run_stage", run_stage)
     out = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None)
+    monkeypatch.setattr(train, "run_stage", real_run_stage)
     assert set(out["files"]) == set(FILES)
     for key, file in out["files"].items():
         assert load(file).kind == EXPECTED_KINDS[key], key
+    # the base ships after its second cycle; the rest of the family trained on the first cycle's, as shipped
+    first = tmp_path / "work" / "base" / "model.safetensors"
+    assert trained_on.pop("base") == tmp_path / "work" / "init.safetensors"
+    assert trained_on.keys() == set(train.STAGES) - {"base"} and set(trained_on.values()) == {first}
+    unet = lambda f: load(f).components["unet"].state_dict()  # noqa: E731
+    refined, before = unet(out["files"]["base"]), unet(first)
+    assert refined.keys() == before.keys() and any(not torch.equal(refined[k], before[k]) for k in before)
     # the motion stages' clips are captioned as stills: the base's text encoder never learnt motion words
     for folder in ("videos", "pan_right", "zoom_in"):
         captions = [f.read_text() for f in (tmp_path / "work" / "data" / folder).glob("*.txt")]
@@ -330,8 +346,8 @@ FLOORS = {
     "base + motion module": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "watermark": ("<=", 0.1)},
     "outlined, frame by frame": {"adherence": (">=", 0.77), "consistency": (">=", 0.77), "outlined": (">=", 0.75)},
     "outlined + motion module": {"adherence": (">=", 0.36), "consistency": (">=", 0.68), "outlined": (">=", 0.65)},
-    "base + outlined LoRA + motion module": {"adherence": (">=", 0.55), "consistency": (">=", 0.55),
-                                             "outlined": (">=", 0.58)},
+    "base + outlined LoRA + motion module": {"adherence": (">=", 0.49), "consistency": (">=", 0.49),
+                                             "outlined": (">=", 0.51)},
     "+ MotionLoRA pan right": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "lora hit": (">=", 0.5)},
     "+ MotionLoRA zoom in": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "lora hit": (">=", 0.5)},
     "+ domain adapter at scale 1": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "watermark": (">=", 0.75)},
