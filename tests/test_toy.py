@@ -158,6 +158,9 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="train without --only first"):
         train_family(tmp_path / "empty", QUICK, install=False, log=lambda *_: None, only=("conv1d",))
     assert not (tmp_path / "empty" / "data").exists()  # refused before writing anything
+    # the base again: its second cycle follows, so no base made from the previous one is installed
+    again = train_family(tmp_path / "work", QUICK, seed=0, install=False, log=lambda *_: None, only=("base",))
+    assert set(again["times"]) == {"datasets", "base", "refine"}
 
     # side by side: a run needs only the outputs its stages train on (here: not the motion module's)
     Path(out["files"]["motion"]).unlink()

@@ -327,9 +327,10 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     """Run every stage into `work`; with `install`, copy the results into the package (fp16).
 
     `only`: retrain just these stages (from scratch; their earlier output is removed), keeping the
-    others' outputs. Those the named stages train on must exist, and with `install` all of them. Two
-    `only` runs with `install=False` whose stages do not need each other's can run side by side (e.g.
-    the motion module and MotionLoRAs beside the personalised model and the ablation).
+    others' outputs; `base` brings its second cycle, `refine`, with it. Those the named stages train on
+    must exist, and with `install` all of them. Two `only` runs with `install=False` whose stages do not
+    need each other's can run side by side (e.g. the motion module and MotionLoRAs beside the
+    personalised model and the ablation).
 
     `lanes=2` (CPU only) does that by itself, phase by phase (SCHEDULE): the base and adapter on every
     thread, then two one-thread lanes at a time.
@@ -339,6 +340,8 @@ def train_family(work: str | Path, budget: Budget = Budget(), seed: int = 0, ins
     unknown = sorted(set(only) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
+    if "base" in only:  # the second cycle continues the first: kept, it would install a base made from the old one
+        only = tuple(dict.fromkeys((*only, "refine")))
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
