@@ -440,6 +440,10 @@ def test_bad_files(tmp_path):
     save_file({"conditioner.embedders.0.transformer.x": torch.zeros(1)}, tmp_path / "sdxl.safetensors")
     with pytest.raises(CheckpointError, match="SDXL"):
         load(tmp_path / "sdxl.safetensors")
+    old_conv1d = {"down_blocks.0.motion_modules.0.temporal_conv.convs.0.weight": torch.zeros(1)}
+    save_file(old_conv1d, tmp_path / "conv1d.safetensors")  # the ablation as `toy train` wrote it before 12-06
+    with pytest.raises(CheckpointError, match=r"layout was retired .* toy train --only conv1d"):
+        load(tmp_path / "conv1d.safetensors")
     (tmp_path / "folder").mkdir()
     with pytest.raises(CheckpointError, match="not a diffusers model"):
         load(tmp_path / "folder")

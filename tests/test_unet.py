@@ -10,6 +10,7 @@ import torch
 from animatediff.checkpoints import motion_modules as mm
 from animatediff.checkpoints.keymap import key_map
 from animatediff.config import MotionConfig, UNetConfig
+from animatediff.models.motion import MotionModule
 from animatediff.models.unet import UNet3D
 from conftest import TINY_MOTION, TINY_UNET
 from reference import diffusers_motion_unet, diffusers_unet2d, make_original, random_weights_
@@ -133,6 +134,22 @@ def test_v1_pools_norms_over_frames_v2_does_not():
         v1.set_motion_modules(None)  # the image model: every frame on its own
         alone = v1(x, 500, ctx)
     assert not torch.allclose(whole, alone, atol=1e-4)
+
+
+def test_conv1d_ablation_replaces_each_temporal_attention_with_a_local_convolution():
+    """The paper's ablation (sec. 5.3): about the parameters of the transformer, but each kernel-3 layer
+    sees only the neighbouring frames, so one module's output moves two frames from a change, not 16."""
+    attention, conv = (MotionModule(64, MotionConfig.from_name(n)).eval() for n in ("toy", "toy_conv1d"))
+    count = [sum(p.numel() for p in m.parameters()) for m in (attention, conv)]
+    assert 0.85 < count[1] / count[0] < 1.0
+    x = torch.randn(16, 64, 2, 2)  # one video of 16 frames, folded into the batch
+    y = x.clone()
+    y[0] += torch.randn(64, 2, 2)  # change the first frame only
+    for module, reach in ((attention, 16), (conv, 3)):
+        torch.nn.init.normal_(module.temporal_transformer.proj_out.weight, std=0.1)  # not the identity
+        with torch.no_grad():
+            changed = (module(y, 16) - module(x, 16) - (y - x)).abs().amax(dim=(1, 2, 3)) > 1e-6
+        assert changed.tolist() == [True] * reach + [False] * (16 - reach)
 
 
 def test_too_many_frames_is_a_clear_error():

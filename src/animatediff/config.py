@@ -82,8 +82,8 @@ class MotionConfig(_Presets):
     transformer_layers: int = 1
     norm_num_groups: int = 32
     ff_mult: int = 4
-    # "conv1d": the paper's ablation (sec. 5.3), 1D temporal convolutions in place of the temporal
-    # transformer, with about as many parameters. Only files this package writes use it.
+    # "conv1d": the paper's ablation (sec. 5.3), a 1D temporal convolution in place of each temporal
+    # attention, with about as many parameters. Only files this package writes use it.
     kind: Literal["transformer", "conv1d"] = "transformer"
     # The original's `use_inflated_groupnorm`. v1 modules were trained with it off, so every ResNet
     # GroupNorm and the UNet's final norm pool statistics over all frames of a video; v2/v3 normalise

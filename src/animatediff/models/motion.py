@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -70,12 +69,33 @@ class TemporalAttention(Attention):
         return super().forward(self.pos_encoder(x))
 
 
-class TemporalTransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, max_frames: int, ff_mult: int):
+class TemporalConvolution(nn.Module):
+    """The ablation's stand-in for a temporal attention: a 1D convolution (kernel 3) over frames.
+
+    The paper's ablation (sec. 5.3) replaces the temporal attention with 1D temporal convolution and keeps
+    the rest: 3C^2 weights against attention's 4C^2, so the module keeps about its parameter count (20C^2
+    against 22C^2 with proj_in/out and the feed-forward), but each layer sees only the neighbouring frames.
+    No position table: a convolution knows the order of what it sees.
+    """
+
+    def __init__(self, dim: int):
         super().__init__()
-        self.attention_blocks = nn.ModuleList([TemporalAttention(dim, heads, max_frames) for _ in range(2)])
+        self.conv = nn.Conv1d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.conv(rearrange(x, "n f c -> n c f")), "n c f -> n f c")
+
+
+class TemporalTransformerBlock(nn.Module):
+    def __init__(self, dim: int, cfg: MotionConfig):
+        super().__init__()
+        conv = cfg.kind == "conv1d"
+        self.attention_blocks = nn.ModuleList(
+            [TemporalConvolution(dim) if conv else TemporalAttention(dim, cfg.num_heads, cfg.max_frames)
+             for _ in range(2)]
+        )  # fmt: skip
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)])
-        self.ff = FeedForward(dim, ff_mult)
+        self.ff = FeedForward(dim, cfg.ff_mult)
         self.ff_norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +110,7 @@ class TemporalTransformer(nn.Module):
         self.norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            [
-                TemporalTransformerBlock(channels, cfg.num_heads, cfg.max_frames, cfg.ff_mult)
-                for _ in range(cfg.transformer_layers)
-            ]
+            [TemporalTransformerBlock(channels, cfg) for _ in range(cfg.transformer_layers)]
         )
         self.proj_out = nn.Linear(channels, channels)
 
@@ -108,46 +125,15 @@ class TemporalTransformer(nn.Module):
         return x + rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w)
 
 
-class TemporalConvolution(nn.Module):
-    """The ablation: residual 1D convolutions (kernel 3) over frames, per pixel, in the same slot.
-
-    Seven layers of 3C^2 weights plus proj_in/out give about the transformer block's 22C^2 parameters,
-    but each layer only sees neighbouring frames: a local filter rather than attention over the clip.
-    """
-
-    LAYERS = 7
-
-    def __init__(self, channels: int, cfg: MotionConfig):
-        super().__init__()
-        self.norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
-        self.convs = nn.ModuleList([nn.Conv1d(channels, channels, 3, padding=1) for _ in range(self.LAYERS)])
-        self.proj_out = nn.Linear(channels, channels)
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        _, _, h, w = x.shape
-        seq = rearrange(self.proj_in(rearrange(self.norm(x), "(b f) c h w -> (b h w) f c", f=frames)), "n f c -> n c f")
-        for conv in self.convs:
-            seq = seq + conv(F.silu(seq))
-        seq = self.proj_out(rearrange(seq, "n c f -> n f c"))
-        return x + rearrange(seq, "(b h w) f c -> (b f) c h w", h=h, w=w)
-
-
 class MotionModule(nn.Module):
-    """One motion module (the original's `VanillaTemporalModule`, or the conv1d ablation)."""
+    """One motion module (the original's `VanillaTemporalModule`; with `kind="conv1d"`, the ablation)."""
 
     def __init__(self, channels: int, cfg: MotionConfig):
         super().__init__()
-        if cfg.kind == "conv1d":
-            self.temporal_conv = TemporalConvolution(channels, cfg)
-            out = self.temporal_conv.proj_out
-        else:
-            self.temporal_transformer = TemporalTransformer(channels, cfg)
-            out = self.temporal_transformer.proj_out
+        self.temporal_transformer = TemporalTransformer(channels, cfg)
         # Zero-initialised output: inserting a fresh module leaves the image model unchanged.
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
+        nn.init.zeros_(self.temporal_transformer.proj_out.weight)
+        nn.init.zeros_(self.temporal_transformer.proj_out.bias)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        body = self.temporal_conv if hasattr(self, "temporal_conv") else self.temporal_transformer
-        return body(x, frames)
+        return self.temporal_transformer(x, frames)
