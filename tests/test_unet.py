@@ -137,8 +137,8 @@ def test_v1_pools_norms_over_frames_v2_does_not():
 
 
 def test_conv1d_ablation_replaces_each_temporal_attention_with_a_local_convolution():
-    """The paper's ablation (sec. 5.3): about the parameters of the transformer, but each kernel-3 layer
-    sees only the neighbouring frames, so one module's output moves two frames from a change, not 16."""
+    """The paper's ablation (sec. 5.3): about the parameters of the transformer, but each of its two
+    kernel-3 layers sees only the neighbouring frames, so a change to one frame reaches two frames on, not 16."""
     attention, conv = (MotionModule(64, MotionConfig.from_name(n)).eval() for n in ("toy", "toy_conv1d"))
     count = [sum(p.numel() for p in m.parameters()) for m in (attention, conv)]
     assert 0.85 < count[1] / count[0] < 1.0
