@@ -353,8 +353,8 @@ FLOORS = {
     "base + motion module": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "watermark": ("<=", 0.1)},
     "outlined, frame by frame": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "outlined": (">=", 0.75)},
     "outlined + motion module": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "outlined": (">=", 0.75)},
-    # the style LoRA retrained with caption dropout (2026-12-06): all frames outlined on these two prompts,
-    # but the large green circle read as another shape (0.28 adherence; 69% over the table's 32 videos)
+    # the style LoRA retrained with caption dropout (2026-12-06): every frame of these two videos outlined (0.69
+    # before), but 0.28 of them as prompted (0.59 before; over the table's 32 videos 69%, as before)
     "base + outlined LoRA + motion module": {"adherence": (">=", 0.18), "consistency": (">=", 0.4),
                                              "outlined": (">=", 0.75)},
     "+ MotionLoRA pan right": {"adherence": (">=", 0.8), "consistency": (">=", 0.8), "lora hit": (">=", 0.5)},
