@@ -382,3 +382,21 @@ def test_evaluation_runs_every_setting():
     assert table(rows).count("\n") == len(SETTINGS) + 2
     judged = targets(rows).splitlines()[2:]
     assert len(judged) == 7 and all(line.endswith(("| **met** |", "| not met |")) for line in judged)
+
+
+def test_evaluation_names_its_seeds(monkeypatch):
+    """`toy eval --first-seed` runs fresh seeds, and the page says which seeds and how to rerun them;
+    impossible counts are refused in one line (argparse's exit 2)."""
+    from animatediff.toy import evaluate as E
+
+    monkeypatch.setattr(E, "table", lambda rows: "")
+    monkeypatch.setattr(E, "targets", lambda rows: "")
+    page = E.report([], 8, (8, 9, 10, 11), 25, gifs=True)
+    assert "`animatediff toy eval --prompts 8 --seeds 4 --first-seed 8`" in page
+    assert "4 seeds (8-11)" in page and "seed 8." in page
+    page = E.report([], 8, (0, 1, 2, 3), 25)
+    assert "--seeds 4`" in page and "first-seed" not in page and "GIF" not in page
+    for argv in (["--seeds", "0"], ["--first-seed", "-1"], ["--prompts", "0"]):
+        with pytest.raises(SystemExit) as e:
+            E.main(argv)
+        assert e.value.code == 2

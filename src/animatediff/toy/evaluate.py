@@ -234,29 +234,39 @@ def targets(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="animatediff toy eval", description="Measure the paper's claims (toy world).")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per prompt (default 4: 32 videos a row)")
+    ap.add_argument("--seeds", type=int, default=4, help="N seeds per prompt (default 4: 32 videos a row)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds FIRST..FIRST+N-1 (default 0); fresh seeds check that a figure is not the table's luck")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=GUIDANCE, help=f"CFG scale (default {GUIDANCE:g}, the family's)")
     ap.add_argument("--quick", action="store_true", help="4 prompts, 1 seed (what CI runs)")
     ap.add_argument("--write", type=Path, help="also write the table to this markdown file (e.g. docs/toy_eval.md)")
     ap.add_argument("--gifs", type=Path, help="save one GIF per setting here (e.g. docs/images)")
     args = ap.parse_args(argv)
-    n, seeds = (4, (0,)) if args.quick else (args.prompts, tuple(range(args.seeds)))
+    if args.prompts < 1 or args.seeds < 1 or args.first_seed < 0:
+        ap.error("--prompts and --seeds take at least 1, --first-seed at least 0")
+    first = args.first_seed
+    n, seeds = (4, (first,)) if args.quick else (args.prompts, tuple(range(first, first + args.seeds)))
     if not path("base").exists():
         print("error: the embedded toy model is not trained yet: run `animatediff toy train` first")
         return 2
     rows = evaluate(n, seeds, args.steps, guidance=args.guidance, gif_dir=args.gifs)
-    text = report(rows, n, len(seeds), args.steps, args.guidance)
+    text = report(rows, n, seeds, args.steps, args.guidance, gifs=args.gifs is not None)
     print(text)
     if args.write:
         args.write.write_text(text)
     return 0
 
 
-def report(rows: list[Row], n_prompts: int, n_seeds: int, steps: int, guidance: float = GUIDANCE) -> str:
+def report(
+    rows: list[Row], n_prompts: int, seeds: tuple[int, ...], steps: int, guidance: float = GUIDANCE, gifs: bool = False,
+) -> str:  # fmt: skip
     """The markdown page `--write` saves: how it was measured, the table, the targets."""
-    how = (f"Measured on the shipped family: {n_prompts} prompts x {n_seeds} seeds per row, 16 frames "
-           f"{world.SIZE}x{world.SIZE}, {steps} DDIM steps, CFG {guidance:g}, on the CPU (float32). Each GIF is "
-           f"the first prompt (*\"{prompts(1)[0]}\"*), seed 0.")  # fmt: skip
-    return (f"# Toy-world evaluation\n\n`animatediff toy eval --prompts {n_prompts} --seeds {n_seeds}`\n\n{how}\n\n"
-            f"{table(rows)}\n{targets(rows)}")  # fmt: skip
+    first = f" --first-seed {seeds[0]}" if seeds[0] else ""
+    which = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    how = (f"Measured on the shipped family: {n_prompts} prompts x {len(seeds)} seeds ({which}) per "
+           f"row, 16 frames {world.SIZE}x{world.SIZE}, {steps} DDIM steps, CFG {guidance:g}, on the CPU (float32).")
+    if gifs:
+        how += f" Each GIF is the first prompt (*\"{prompts(1)[0]}\"*), seed {seeds[0]}."
+    return (f"# Toy-world evaluation\n\n`animatediff toy eval --prompts {n_prompts} --seeds {len(seeds)}{first}`\n\n"
+            f"{how}\n\n{table(rows)}\n{targets(rows)}")  # fmt: skip
