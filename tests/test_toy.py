@@ -386,7 +386,7 @@ def test_evaluation_runs_every_setting():
 
 def test_evaluation_names_its_seeds(monkeypatch):
     """`toy eval --first-seed` runs fresh seeds, and the page says which seeds and how to rerun them;
-    impossible counts are refused in one line (argparse's exit 2)."""
+    impossible counts are refused (exit 2) before anything runs."""
     from animatediff.toy import evaluate as E
 
     monkeypatch.setattr(E, "table", lambda rows: "")
@@ -397,6 +397,9 @@ def test_evaluation_names_its_seeds(monkeypatch):
     page = E.report([], 8, (0, 1, 2, 3), 25)
     assert "--seeds 4`" in page and "first-seed" not in page and "GIF" not in page
     for argv in (["--seeds", "0"], ["--first-seed", "-1"], ["--prompts", "0"]):
-        with pytest.raises(SystemExit) as e:
-            E.main(argv)
-        assert e.value.code == 2
+        assert E.main(argv) == 2
+    ran = []
+    monkeypatch.setattr(E, "evaluate", lambda n, seeds, *args, **kw: ran.append((n, seeds)) or [])
+    monkeypatch.setattr(E, "report", lambda *args, **kw: "")
+    assert E.main(["--first-seed", "8", "--seeds", "2"]) == 0 and E.main(["--quick", "--first-seed", "3"]) == 0
+    assert ran == [(8, (8, 9)), (4, (3,))]

@@ -243,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", type=Path, help="also write the table to this markdown file (e.g. docs/toy_eval.md)")
     ap.add_argument("--gifs", type=Path, help="save one GIF per setting here (e.g. docs/images)")
     args = ap.parse_args(argv)
-    if args.prompts < 1 or args.seeds < 1 or args.first_seed < 0:
-        ap.error("--prompts and --seeds take at least 1, --first-seed at least 0")
+    if min(args.prompts, args.seeds) < 1 or args.first_seed < 0:
+        print(f"error: --prompts and --seeds must be at least 1 and --first-seed at least 0, got {args.prompts}, "
+              f"{args.seeds} and {args.first_seed}")  # fmt: skip
+        return 2
     first = args.first_seed
     n, seeds = (4, (first,)) if args.quick else (args.prompts, tuple(range(first, first + args.seeds)))
     if not path("base").exists():
