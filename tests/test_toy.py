@@ -112,11 +112,12 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     from animatediff.toy import train
     from animatediff.toy.train import QUICK, install_files, train_family
 
-    trained_on, dropout = {}, {}  # each stage's starting model and caption dropout
+    trained_on, dropout, batch = {}, {}, {}  # each stage's starting model, caption dropout and clips a step
 
     def run_stage(name, cfg, log=print):
         trained_on[name] = Path(cfg.model)
         dropout[name] = cfg.data.caption_dropout
+        batch[name] = cfg.train.batch_size
         return real_run_stage(name, cfg, log)
 
     real_run_stage = train.run_stage
@@ -133,6 +134,9 @@ def test_every_stage_of_the_family_trains(tmp_path, monkeypatch):
     # the image models learn the empty prompt too (CFG's other branch): the personalised style's as well, or
     # at CFG 4 it pulls the style back to the base's filled shapes (docs/toy_world.md)
     assert {name for name, p in dropout.items() if p > 0} == {"base", "refine", "personal", "style_lora"}
+    # each MotionLoRA takes its own clips a step (pan right twice the motion module's: docs/toy_world.md)
+    got = (batch["motion"], batch["pan_right"], batch["zoom_in"])
+    assert got == (QUICK.video_batch, QUICK.pan_right_batch, QUICK.zoom_in_batch) == (2, 4, 2)
     unet = lambda f: load(f).components["unet"].state_dict()  # noqa: E731
     refined, before = unet(out["files"]["base"]), unet(first)
     assert refined.keys() == before.keys() and any(not torch.equal(refined[k], before[k]) for k in before)
