@@ -166,7 +166,9 @@ def validate_raw(raw: dict) -> Config:
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(world, tmp_path):
     straight = config(world, tmp_path / "a", "motion", train={"steps": 8}, checkpoint={"every": 2, "keep": 2})
-    resumed = config(world, tmp_path / "b", "motion", train={"steps": 8}, checkpoint={"every": 2, "keep": 2})
+    # the resumed run reads with workers, which fetch batches ahead of the ones its checkpoints count
+    resumed = config(world, tmp_path / "b", "motion", train={"steps": 8}, checkpoint={"every": 2, "keep": 2},
+                     data={"workers": 2})  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     cmd = [sys.executable, "-m", "animatediff.train"]
@@ -189,6 +191,20 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(world, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     kept = sorted(p.name for p in (Path(resumed["output_dir"]) / "checkpoints").iterdir())
     assert kept == ["step-0000006", "step-0000008"]
+
+
+def test_the_position_in_the_data_moves_on_across_epochs_and_from_an_epochs_end(world, tmp_path):
+    from animatediff.training.data import batches_from
+
+    trainer = Trainer(validate_raw(config(world, tmp_path, "motion")), resume="none")
+    n = len(trainer.data)
+    per_epoch = n // 2  # 2 clips a batch
+    trainer.epoch, trainer.batch_in_epoch = 0, per_epoch  # a checkpoint taken as epoch 0 ended
+    batches = trainer.micro_batches()
+    expected = [*batches_from(n, 3, 1, 0, 2), *batches_from(n, 3, 2, 0, 2)]
+    for k, indices in enumerate(expected, start=1):
+        assert next(batches)["index"].tolist() == indices
+        assert (trainer.epoch, trainer.batch_in_epoch) == (1 + k // per_epoch, k % per_epoch)
 
 
 @pytest.mark.parametrize(("strategy", "stage"), [("ddp", "motion_lora"), ("fsdp", "motion")])

@@ -7,6 +7,8 @@ back from its pixels.
 from __future__ import annotations
 
 import gzip
+import itertools
+import os
 import pickle
 import random
 import tarfile
@@ -32,6 +34,7 @@ from animatediff.training.data import (
     epoch_order,
     rank_batches,
     resize_crop,
+    run_loader,
 )
 from animatediff.training.shards import ShardSet, main, write_shards
 
@@ -404,6 +407,35 @@ def test_resuming_skips_to_the_same_batches(rank, world):
     assert full == list(rank_batches(epoch_order(50, 4, 2), 8, rank, world))
     for start in range(len(full) + 1):
         assert list(batches_from(50, 4, 2, start, 8, rank, world)) == full[start:]
+
+
+class _Probe(torch.utils.data.Dataset):
+    """Each sample says the epoch it was read in, its index and the process that read it."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
+        return self.epoch, index, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_loader_goes_on_across_epochs_from_workers_started_once(workers):
+    # 7 samples, 3 a batch: 2 batches an epoch. From epoch 1's second batch on, six batches reach epoch 4.
+    loader = run_loader(_Probe(7), list, seed=3, epoch=1, start_batch=1, global_batch=3, workers=workers)
+    got = list(itertools.islice(loader, 6))
+    starts = {1: 1, 2: 0, 3: 0, 4: 0}
+    expected = [[(e, i) for i in b] for e, s in starts.items() for b in batches_from(7, 3, e, s, 3)][:6]
+    assert [[(e, i) for e, i, _ in batch] for batch in got] == expected  # each sample read in its own epoch
+    pids = {pid for batch in got for _, _, pid in batch}
+    # a loader per epoch would start 2 new workers an epoch: up to 8 processes over these four epochs
+    assert pids == {os.getpid()} if workers == 0 else len(pids) == 2 and os.getpid() not in pids
 
 
 # -- pieces -------------------------------------------------------------------------------------------

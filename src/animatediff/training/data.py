@@ -16,7 +16,8 @@ it would have seen. Unreadable files never stop a run: the next index is tried, 
 how many were passed over.
 
 The order is separate: `epoch_order` is a seeded permutation, `rank_batches` gives each process its
-contiguous share of every global batch, and `batches_from` starts an epoch at a given batch (resume).
+contiguous share of every global batch, `batches_from` starts an epoch at a given batch (resume), and
+`run_loader` serves them epoch after epoch from one DataLoader.
 """
 
 from __future__ import annotations
@@ -397,3 +398,43 @@ def batches_from(
         raise ValueError(f"start_batch must be at least 0, got {start_batch}")
     order = _permutation(n, seed, epoch)
     return rank_batches(order[start_batch * global_batch :], global_batch, rank, world)
+
+
+# -- one loader for the whole run ---------------------------------------------------------------------
+
+
+class _ByEpoch(torch.utils.data.Dataset):
+    """`samples[index]` as it is in `epoch`, for a key (epoch, index): the epoch travels with the key,
+    so workers started once serve every epoch."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        if hasattr(self.samples, "set_epoch"):  # (cached samples are the same every epoch)
+            self.samples.set_epoch(epoch)
+        return self.samples[index]
+
+
+def run_loader(
+    samples, collate_fn, seed: int, epoch: int, start_batch: int, global_batch: int, rank: int = 0,
+    world: int = 1, workers: int = 0,
+) -> torch.utils.data.DataLoader:  # fmt: skip
+    """This process's share of every global batch from (epoch, start_batch) on, epoch after epoch, with
+    no end. One DataLoader for the run rather than one per epoch: each new loader forks its workers
+    again, and the trainer then copies every page it writes while they live (copy-on-write), which took
+    about 10 s an epoch in a 5 GB process, half of a 50-clip MotionLoRA's training time."""
+
+    def keys() -> Iterator[list[tuple[int, int]]]:
+        e, start = epoch, start_batch
+        while True:
+            for batch in batches_from(len(samples), seed, e, start, global_batch, rank, world):
+                yield [(e, i) for i in batch]
+            e, start = e + 1, 0
+
+    return torch.utils.data.DataLoader(_ByEpoch(samples), batch_sampler=keys(), num_workers=workers,
+                                       collate_fn=collate_fn)  # fmt: skip

@@ -28,7 +28,7 @@ from ..sampling import NoiseSchedule
 from . import checkpoint
 from .cache import LatentCache, collate_cached
 from .config import Config, ConfigError, load_config
-from .data import ClipDataset, DataError, batches_from, collate, make_source
+from .data import ClipDataset, DataError, collate, make_source, run_loader
 from .stages import StageModels, build_stage, check_output_dir, export
 
 
@@ -201,22 +201,19 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------------------
 
     def micro_batches(self):
-        """(epoch, batch index in epoch, the indices this process handles), from the current position."""
-        n = len(self.data)
-        per_epoch = n // self.micro_global
-        while True:
-            self.data.set_epoch(self.epoch)  # (cached samples are the same every epoch)
-            batches = batches_from(n, self.cfg.train.seed, self.epoch, self.batch_in_epoch, self.micro_global,
-                                   self.rank, self.world)  # fmt: skip
-            loader = torch.utils.data.DataLoader(
-                self.samples, batch_sampler=batches, num_workers=self.cfg.data.workers,
-                collate_fn=self.collate, persistent_workers=False,
-            )  # fmt: skip
-            for batch in loader:
-                self.batch_in_epoch += 1  # counted as consumed before use: a checkpoint resumes after it
-                yield batch
+        """This process's micro-batches from the current position on, keeping (epoch, batch index in
+        epoch) up to date for checkpoints."""
+        per_epoch = len(self.data) // self.micro_global
+        if self.batch_in_epoch >= per_epoch:  # a checkpoint taken at an epoch's end (as earlier versions wrote)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        t = self.cfg.train
+        loader = run_loader(self.samples, self.collate, t.seed, self.epoch, self.batch_in_epoch, self.micro_global,
+                            self.rank, self.world, self.cfg.data.workers)  # fmt: skip
+        for batch in loader:
+            self.batch_in_epoch += 1  # counted as consumed before use: a checkpoint resumes after it
             if self.batch_in_epoch >= per_epoch:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            yield batch
 
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
         """The diffusion loss of one micro-batch (epsilon or v target, MSE)."""
